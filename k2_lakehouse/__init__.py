@@ -1,0 +1,1 @@
+"""K2 Lakehouse: exactly-once hot-to-cold pipeline for crypto trades (ClickHouse -> Iceberg, Dagster)."""

@@ -1,0 +1,1 @@
+"""The pure core: no Dagster imports here (a test keeps it that way)."""

@@ -1,0 +1,214 @@
+"""Exactly-once offload of one hot-tier day into its bronze Iceberg table (DESIGN §5).
+
+1. Read the watermark W (from the Iceberg table's properties) and the hot tier's high offsets H.
+2. Stream the rows with W < offset <= H of that day, in bounded offset slices, redeliveries removed by
+   the server, into Parquet files (a reader thread overlaps ClickHouse with sorting and writing).
+3. Commit the files and the new watermark in one Iceberg transaction: a compare-and-swap on the
+   table's current snapshot. A lost race reloads the table: if W is unchanged the same files are
+   committed again; if another writer moved W, our files are dropped and the copy starts over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import clickhouse_driver
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table import Table
+
+from k2_lakehouse.core import hot_tier, iceberg
+from k2_lakehouse.core.contracts import HotTable
+from k2_lakehouse.core.errors import OffloadConflict
+from k2_lakehouse.core.failpoints import failpoint
+from k2_lakehouse.core.hot_tier import OffsetRange, Watermark
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+FILE_ROWS = 4_000_000  # roll to a new Parquet file past this many rows
+ROW_GROUP_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class OffloadResult:
+    table: str
+    day: dt.date
+    rows: int
+    watermark_before: Watermark
+    watermark_after: Watermark
+    snapshot_id: int | None  # None when there was nothing to copy
+    files: int
+    bytes_written: int
+    duration_s: float
+    attempts: int
+    summary: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def bytes_per_row(self) -> float:
+        return self.bytes_written / self.rows if self.rows else 0.0
+
+
+def offload_day(
+    table: Table,
+    client: clickhouse_driver.Client,
+    hot: HotTable,
+    day: dt.date,
+    *,
+    batch_rows: int = 1_000_000,
+    run_id: str = "",
+    writer_id: str | None = None,
+    reload: Callable[[], Table] | None = None,
+) -> OffloadResult:
+    """Copy exactly the rows of `day` that bronze lacks; commit once. Safe to run any number of times."""
+    started = time.perf_counter()
+    writer_id = writer_id or f"k2-{uuid.uuid4().hex[:12]}"
+    reload = reload or table.refresh
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        before = iceberg.read_watermark(table, day)
+        high = hot_tier.high_offsets(client, hot, day)
+        ranges = hot_tier.missing_ranges(before, high)
+        if not ranges:
+            return OffloadResult(
+                ".".join(hot.bronze_identifier), day, 0, before, before, None, 0, 0,
+                time.perf_counter() - started, attempt,
+            )
+        after = {**before, **{r.partition: r.hi for r in ranges}}
+        written = _write_files(table, client, hot, day, ranges, batch_rows)
+        summary = {
+            "k2.writer-id": writer_id,
+            "k2.dagster-run-id": run_id,
+            "k2.partition": day.isoformat(),
+            "k2.watermark": iceberg.encode_watermark(after),
+            "k2.rows": str(written.rows),
+        }
+        while True:  # commit; on a lost race keep our files only while nobody moved our watermark
+            try:
+                snapshot_id = _commit(table, day, written, after, summary)
+            except CommitFailedException as exc:
+                table = reload()
+                if iceberg.read_watermark(table, day) == before:
+                    log.info("commit race lost to a writer of another partition (%s); committing again", exc)
+                    continue
+                log.warning("another writer offloaded %s %s first; dropping our files and starting over", hot.name, day)
+                written.delete(table)
+                break
+            failpoint("after_iceberg_commit")
+            return OffloadResult(
+                ".".join(hot.bronze_identifier), day, written.rows, before, after, snapshot_id,
+                len(written.paths), written.bytes, time.perf_counter() - started, attempt, summary,
+            )
+        time.sleep(random.uniform(0.05, 0.3) * attempt)  # concurrent writers: back off, then re-read W
+    raise OffloadConflict(f"{hot.name} {day}: gave up after {MAX_ATTEMPTS} lost commit races; nothing committed")
+
+
+def _commit(table: Table, day: dt.date, written: _Written, after: Watermark, summary: dict[str, str]) -> int:
+    with table.transaction() as tx:
+        tx.add_files(written.paths, snapshot_properties=summary, check_duplicate_files=False)
+        tx.set_properties({iceberg.watermark_key(day): iceberg.encode_watermark(after)})
+    return table.current_snapshot().snapshot_id
+
+
+@dataclass
+class _Written:
+    paths: list[str] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+
+    def delete(self, table: Table) -> None:
+        for path in self.paths:
+            table.io.delete(path)
+
+
+def _write_files(
+    table: Table, client: clickhouse_driver.Client, hot: HotTable, day: dt.date, ranges: list[OffsetRange], batch_rows: int
+) -> _Written:
+    written = _Written()
+    writer: pq.ParquetWriter | None = None
+    stream = None
+    file_rows = 0
+    directory = f"{table.location()}/data/trade_day={day.isoformat()}"
+    try:
+        for chunk in _prefetch(_read_slices(client, hot, day, ranges, batch_rows)):
+            if chunk.num_rows == 0:
+                continue
+            if writer is None or file_rows >= FILE_ROWS:
+                _close(writer, stream, written)
+                path = f"{directory}/{uuid.uuid4()}.parquet"
+                stream = table.io.new_output(path).create(overwrite=False)
+                writer = pq.ParquetWriter(stream, hot.arrow_schema, compression="zstd", write_statistics=True)
+                written.paths.append(path)
+                file_rows = 0
+            writer.write_table(chunk.sort_by([(c, "ascending") for c in hot.sort_columns]), row_group_size=ROW_GROUP_ROWS)
+            file_rows += chunk.num_rows
+            written.rows += chunk.num_rows
+            failpoint("mid_write")
+        _close(writer, stream, written)
+    except BaseException:
+        _close(writer, stream, written)
+        written.delete(table)  # never leave a half-written run behind
+        raise
+    for path in written.paths:
+        written.bytes += len(table.io.new_input(path))
+    return written
+
+
+def _close(writer: pq.ParquetWriter | None, stream, written: _Written) -> None:
+    if writer is not None:
+        writer.close()
+    if stream is not None:
+        stream.close()
+
+
+def _read_slices(
+    client: clickhouse_driver.Client, hot: HotTable, day: dt.date, ranges: list[OffsetRange], batch_rows: int
+) -> Iterator[pa.Table]:
+    for rng in ranges:
+        for piece in rng.split(batch_rows):
+            yield hot_tier.read_range(client, hot, day, piece)
+            failpoint("mid_read")
+
+
+def _prefetch(source: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """Run `source` in a thread, `depth` items ahead: ClickHouse decoding overlaps Parquet encoding."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # hand the failure to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="k2-hot-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,110 @@
+"""Settings from the environment only (12-factor). Defaults point at the local services of `k2 services up`.
+
+Nothing is read at import time: call `Settings.from_env()` where a setting is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from k2_lakehouse.core.errors import ConfigError
+
+DEFAULT_CLICKHOUSE_PORT = 19000
+DEFAULT_CLICKHOUSE_HTTP_PORT = 18123
+DEFAULT_POSTGRES_PORT = 15432
+CATALOG_NAME = "k2"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path  # K2_HOME: service data, warehouse, Dagster home
+    clickhouse_url: str  # clickhouse://user[:password]@host:port/database
+    postgres_url: str  # Dagster storage (dagster-postgres)
+    iceberg_catalog_uri: str  # pyiceberg SqlCatalog database
+    warehouse: str  # file:// or s3:// location of Iceberg data
+    dagster_home: Path
+    clickhouse_http_port: int
+    batch_rows: int  # rows per streamed read from the hot tier (bounds memory)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("K2_HOME") or Path.cwd() / ".k2").resolve()
+        ch_port = _int(env, "K2_CLICKHOUSE_PORT", DEFAULT_CLICKHOUSE_PORT)
+        pg_port = _int(env, "K2_POSTGRES_PORT", DEFAULT_POSTGRES_PORT)
+        pg_server = f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}"
+        return cls(
+            home=home,
+            clickhouse_url=env.get("K2_CLICKHOUSE_URL") or f"clickhouse://default@127.0.0.1:{ch_port}/k2",
+            postgres_url=env.get("K2_POSTGRES_URL") or f"{pg_server}/dagster",
+            iceberg_catalog_uri=env.get("K2_ICEBERG_CATALOG_URI") or f"{pg_server}/iceberg",
+            warehouse=env.get("K2_WAREHOUSE") or (home / "warehouse").as_uri(),
+            dagster_home=Path(env.get("DAGSTER_HOME") or home / "dagster").resolve(),
+            clickhouse_http_port=_int(env, "K2_CLICKHOUSE_HTTP_PORT", DEFAULT_CLICKHOUSE_HTTP_PORT),
+            batch_rows=_int(env, "K2_BATCH_ROWS", 1_000_000),
+        )
+
+    @property
+    def clickhouse(self) -> ClickHouseAddress:
+        return ClickHouseAddress.parse(self.clickhouse_url)
+
+    @property
+    def postgres_port(self) -> int:
+        return urlsplit(self.postgres_url).port or 5432
+
+    def exports(self) -> dict[str, str]:
+        """Every setting in use, as environment variables (what `k2 services env` prints)."""
+        return {
+            "K2_HOME": str(self.home),
+            "K2_CLICKHOUSE_URL": self.clickhouse_url,
+            "K2_CLICKHOUSE_HTTP_PORT": str(self.clickhouse_http_port),
+            "K2_POSTGRES_URL": self.postgres_url,
+            "K2_ICEBERG_CATALOG_URI": self.iceberg_catalog_uri,
+            "K2_WAREHOUSE": self.warehouse,
+            "K2_BATCH_ROWS": str(self.batch_rows),
+            "DAGSTER_HOME": str(self.dagster_home),
+        }
+
+
+@dataclass(frozen=True)
+class ClickHouseAddress:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @classmethod
+    def parse(cls, url: str) -> ClickHouseAddress:
+        parts = urlsplit(url)
+        if parts.scheme != "clickhouse" or not parts.hostname:
+            raise ConfigError(f"K2_CLICKHOUSE_URL must look like clickhouse://user@host:port/database, got {redact(url)}")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or 9000,
+            user=parts.username or "default",
+            password=parts.password or "",
+            database=parts.path.lstrip("/") or "k2",
+        )
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs: the password replaced by ***."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
