@@ -46,7 +46,7 @@ class OffloadResult:
     rows: int
     watermark_before: Watermark
     watermark_after: Watermark
-    snapshot_id: int | None  # None when there was nothing to copy
+    snapshot_id: int | None  # the table's current snapshot after the run; None while the table is empty
     files: int
     bytes_written: int
     duration_s: float
@@ -83,7 +83,7 @@ def offload_day(
         ranges = hot_tier.missing_ranges(before, high)
         if not ranges:
             return OffloadResult(
-                ".".join(hot.bronze_identifier), day, 0, before, before, None, 0, 0,
+                ".".join(hot.bronze_identifier), day, 0, before, before, _current_snapshot_id(table), 0, 0,
                 time.perf_counter() - started, attempt,
             )
         after = {**before, **{r.partition: r.hi for r in ranges}}
@@ -113,6 +113,11 @@ def offload_day(
             )
         time.sleep(random.uniform(0.05, 0.3) * attempt)  # concurrent writers: back off, then re-read W
     raise OffloadConflict(f"{hot.name} {day}: gave up after {MAX_ATTEMPTS} lost commit races; nothing committed")
+
+
+def _current_snapshot_id(table: Table) -> int | None:
+    snapshot = table.current_snapshot()
+    return snapshot.snapshot_id if snapshot else None
 
 
 def _commit(table: Table, day: dt.date, written: _Written, after: Watermark, summary: dict[str, str]) -> int:

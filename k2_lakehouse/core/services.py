@@ -1,0 +1,605 @@
+"""Local services for development and CI: a private ClickHouse and a private PostgreSQL 15 on loopback.
+
+`up` installs what is missing (Debian packages, as root), starts both servers with data under
+`settings.home`, creates the databases and hot tables, and is idempotent. `down` stops exactly the
+processes `up` started (checked by pid and command line), never anything else on the machine.
+Pure core: no Dagster imports.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+from xml.sax.saxutils import escape
+
+from k2_lakehouse.core import hot_tier
+from k2_lakehouse.core.contracts import validate_identifier
+from k2_lakehouse.core.errors import ConfigError, ServiceError
+from k2_lakehouse.core.settings import Settings
+
+Log = Callable[[str], None]
+
+CLICKHOUSE_SERVER = Path("/usr/sbin/clickhouse-server")
+CLICKHOUSE_CLIENT = Path("/usr/bin/clickhouse-client")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian package -> a file it installs (its presence means the package is usable).
+_PACKAGES = {
+    "clickhouse-server": CLICKHOUSE_SERVER,
+    "clickhouse-client": CLICKHOUSE_CLIENT,
+    "postgresql-15": PG_BIN / "pg_ctl",
+}
+_PORT_HINT = "set K2_CLICKHOUSE_PORT / K2_CLICKHOUSE_HTTP_PORT / K2_POSTGRES_PORT to free ports"
+_START_TIMEOUT_S = 30.0
+_STOP_TIMEOUT_S = 10.0
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    healthy: bool
+    detail: str
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+@dataclass(frozen=True)
+class _Paths:
+    ch_dir: Path
+    ch_config: Path
+    ch_users: Path
+    ch_stdout: Path
+    ch_errlog: Path
+    ch_pidfile: Path
+    pg_dir: Path
+    pg_data: Path
+    pg_sockets: Path
+    pg_log: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Paths:
+        ch, pg = settings.home / "clickhouse", settings.home / "postgres"
+        return cls(
+            ch_dir=ch,
+            ch_config=ch / "config.xml",
+            ch_users=ch / "users.xml",
+            ch_stdout=ch / "stdout.log",
+            ch_errlog=ch / "clickhouse-server.err.log",
+            ch_pidfile=settings.home / "run" / "clickhouse.pid",
+            pg_dir=pg,
+            pg_data=pg / "data",
+            pg_sockets=pg / "sockets",
+            pg_log=pg / "postgres.log",
+        )
+
+
+# ----------------------------------------------------------------------------------------- public API
+
+
+def up(settings: Settings, *, log: Log = print) -> None:
+    """Install (if needed) and start ClickHouse and PostgreSQL, create databases and hot tables."""
+    paths = _Paths.of(settings)
+    _check_distinct_ports(settings)
+    ensure_packages(log=log)
+
+    # Check every port before starting anything, so a conflict leaves nothing half-started.
+    ch_pid = _clickhouse_pid(paths)
+    pg_pid = _postgres_pid(paths)
+    if ch_pid is None:
+        _require_free(settings.clickhouse.port, settings.clickhouse_http_port)
+    if pg_pid is None:
+        _require_free(settings.postgres_port)
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.home.chmod(0o755)  # the postgres user must traverse it when we run as root
+
+    if ch_pid is None:
+        _start_clickhouse(settings, paths, log)
+    else:
+        log(f"clickhouse: already running (pid {ch_pid}, 127.0.0.1:{settings.clickhouse.port})")
+    _create_hot_tables(settings, paths)
+
+    if pg_pid is None:
+        _start_postgres(settings, paths, log)
+    else:
+        log(f"postgres: already running (pid {pg_pid}, 127.0.0.1:{settings.postgres_port})")
+    _create_databases(settings, log)
+
+    _prepare_dagster_home(settings, log)
+
+
+def down(settings: Settings, *, log: Log = print) -> None:
+    """Stop what `up` started under this K2_HOME; idempotent."""
+    paths = _Paths.of(settings)
+    _stop_clickhouse(paths, log)
+    _stop_postgres(paths, log)
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    paths = _Paths.of(settings)
+    return [_clickhouse_status(settings, paths), _postgres_status(settings, paths)]
+
+
+def format_status(statuses: list[ServiceStatus]) -> str:
+    width = max((len(s.name) for s in statuses), default=0)
+    return "\n".join(
+        f"{s.name:<{width}}  {'running' if s.running else 'stopped':<7}  "
+        f"{'healthy' if s.healthy else 'unhealthy':<9}  {s.detail}"
+        for s in statuses
+    )
+
+
+def env_lines(settings: Settings) -> list[str]:
+    """Shell lines to `eval` so other tools see the same settings."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in settings.exports().items()]
+
+
+# ----------------------------------------------------------------------------------------- packages
+
+
+def missing_packages() -> list[str]:
+    return [pkg for pkg, marker in _PACKAGES.items() if not marker.exists()]
+
+
+def ensure_packages(*, log: Log = print) -> None:
+    missing = missing_packages()
+    if not missing:
+        return
+    install = ["apt-get", "install", "-y", *missing]
+    if os.geteuid() != 0:
+        raise ServiceError(
+            f"missing Debian packages: {', '.join(missing)}; install them as root: "
+            f"sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive {' '.join(install)}"
+        )
+    log(f"installing {', '.join(missing)} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], install):
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ServiceError(f"`{' '.join(cmd)}` failed: {exc}") from None
+        if proc.returncode != 0:
+            raise ServiceError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{_tail_text(proc.stdout + proc.stderr)}")
+    still = missing_packages()
+    if still:
+        raise ServiceError(f"apt-get reported success but these are still missing: {', '.join(still)}")
+
+
+# --------------------------------------------------------------------------------------- ClickHouse
+
+
+def _clickhouse_config(settings: Settings, paths: _Paths) -> str:
+    d = paths.ch_dir
+    # No interserver_http_port: replication is unused, and leaving it out keeps the server off 9009.
+    return f"""<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>information</level>
+        <log>{escape(str(d / "clickhouse-server.log"))}</log>
+        <errorlog>{escape(str(paths.ch_errlog))}</errorlog>
+        <size>100M</size>
+        <count>3</count>
+    </logger>
+    <listen_host>127.0.0.1</listen_host>
+    <tcp_port>{settings.clickhouse.port}</tcp_port>
+    <http_port>{settings.clickhouse_http_port}</http_port>
+    <max_connections>1024</max_connections>
+    <keep_alive_timeout>3</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>1073741824</uncompressed_cache_size>
+    <mark_cache_size>1073741824</mark_cache_size>
+    <path>{escape(str(d / "data"))}/</path>
+    <tmp_path>{escape(str(d / "tmp"))}/</tmp_path>
+    <user_files_path>{escape(str(d / "user_files"))}/</user_files_path>
+    <format_schema_path>{escape(str(d / "format_schemas"))}/</format_schema_path>
+    <users_config>{escape(str(paths.ch_users))}</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+    <max_session_timeout>3600</max_session_timeout>
+    <default_session_timeout>60</default_session_timeout>
+</yandex>
+"""
+
+
+def _clickhouse_users(settings: Settings) -> str:
+    password = escape(settings.clickhouse.password)
+    # LowCardinality is experimental in 18.16 and can only be enabled server-side, in the profile.
+    return f"""<?xml version="1.0"?>
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>10000000000</max_memory_usage>
+            <use_uncompressed_cache>0</use_uncompressed_cache>
+            <load_balancing>random</load_balancing>
+            <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password>{password}</password>
+            <networks>
+                <ip>::1</ip>
+                <ip>127.0.0.1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"""
+
+
+def _clickhouse_pid(paths: _Paths) -> int | None:
+    """Pid of our running ClickHouse, or None (a stale pid file is removed)."""
+    pid = _read_pid(paths.ch_pidfile)
+    if pid is None:
+        return None
+    if _alive(pid) and f"--config-file={paths.ch_config}" in _cmdline(pid):
+        return pid
+    paths.ch_pidfile.unlink(missing_ok=True)
+    return None
+
+
+def _start_clickhouse(settings: Settings, paths: _Paths, log: Log) -> None:
+    for sub in ("data", "tmp", "user_files", "format_schemas"):
+        (paths.ch_dir / sub).mkdir(parents=True, exist_ok=True)
+    paths.ch_config.write_text(_clickhouse_config(settings, paths))
+    paths.ch_users.write_text(_clickhouse_users(settings))
+    paths.ch_users.chmod(0o600)  # it holds the password
+    paths.ch_pidfile.parent.mkdir(parents=True, exist_ok=True)
+    log(f"clickhouse: starting on 127.0.0.1:{settings.clickhouse.port} (http {settings.clickhouse_http_port})")
+    # start_new_session = setsid: the server outlives this process and its terminal.
+    with open(paths.ch_stdout, "ab") as out:
+        proc = subprocess.Popen(
+            [str(CLICKHOUSE_SERVER), f"--config-file={paths.ch_config}"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=paths.ch_dir,
+            start_new_session=True,
+        )
+    paths.ch_pidfile.write_text(f"{proc.pid}\n")
+
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    last_error = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            paths.ch_pidfile.unlink(missing_ok=True)
+            raise ServiceError(
+                f"clickhouse-server exited with code {proc.returncode} during start; log tail:\n{_ch_log_tail(paths)}"
+            )
+        try:
+            _clickhouse_query(settings, "SELECT 1")
+            log(f"clickhouse: ready (pid {proc.pid})")
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.2)
+    _terminate(proc.pid)
+    paths.ch_pidfile.unlink(missing_ok=True)
+    raise ServiceError(
+        f"clickhouse-server did not answer within {_START_TIMEOUT_S:.0f} s ({last_error}); log tail:\n{_ch_log_tail(paths)}"
+    )
+
+
+def _clickhouse_query(settings: Settings, sql: str) -> list:
+    client = hot_tier.connect(settings, database="")
+    try:
+        return client.execute(sql, settings={"use_numpy": False})
+    finally:
+        client.disconnect()
+
+
+def _create_hot_tables(settings: Settings, paths: _Paths) -> None:
+    client = hot_tier.connect(settings, database="")
+    try:
+        hot_tier.create_hot_tables(client, settings.clickhouse.database)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - driver, socket and server errors alike
+        raise ServiceError(
+            f"could not create the hot tables in ClickHouse at 127.0.0.1:{settings.clickhouse.port} "
+            f"({type(exc).__name__}: {exc}); if it runs with old settings, `k2 services down` then `up`"
+        ) from None
+    finally:
+        client.disconnect()
+
+
+def _stop_clickhouse(paths: _Paths, log: Log) -> None:
+    pid = _clickhouse_pid(paths)
+    if pid is None:
+        log("clickhouse: not running")
+        return
+    log(f"clickhouse: stopping pid {pid}")
+    _terminate(pid)
+    paths.ch_pidfile.unlink(missing_ok=True)
+    log("clickhouse: stopped")
+
+
+def _clickhouse_status(settings: Settings, paths: _Paths) -> ServiceStatus:
+    pid = _clickhouse_pid(paths)
+    where = f"127.0.0.1:{settings.clickhouse.port}"
+    if pid is None:
+        return ServiceStatus("clickhouse", False, False, f"not running ({where})")
+    try:
+        version = _clickhouse_query(settings, "SELECT version()")[0][0]
+    except Exception as exc:  # noqa: BLE001
+        return ServiceStatus("clickhouse", True, False, f"pid {pid}, {where}: {type(exc).__name__}: {exc}")
+    return ServiceStatus("clickhouse", True, True, f"pid {pid}, {where}, version {version}")
+
+
+def _ch_log_tail(paths: _Paths) -> str:
+    return "\n".join(t for t in (_tail_file(paths.ch_errlog), _tail_file(paths.ch_stdout)) if t) or "(no log output)"
+
+
+# ----------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _as_postgres() -> list[str]:
+    """Command prefix: initdb and pg_ctl refuse to run as root, so run them as `postgres` then."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def _pg_run(paths: _Paths, args: list[str], what: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    # cwd inside our dir: the postgres user may not be able to enter the caller's cwd.
+    try:
+        proc = subprocess.run(
+            [*_as_postgres(), *args],
+            cwd=paths.pg_dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,  # the postmaster pg_ctl forks must outlive us
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServiceError(f"postgres: {what} failed: {exc}") from None
+    if proc.returncode != 0:
+        raise ServiceError(
+            f"postgres: {what} failed (exit {proc.returncode}):\n{_tail_text(proc.stdout + proc.stderr)}"
+            + (f"\nserver log tail:\n{_tail_file(paths.pg_log)}" if paths.pg_log.exists() else "")
+        )
+    return proc
+
+
+def _postgres_pid(paths: _Paths) -> int | None:
+    """Pid of the postmaster serving our data dir, or None (a stale postmaster.pid is removed)."""
+    pidfile = paths.pg_data / "postmaster.pid"
+    pid = _read_pid(pidfile)
+    if pid is None:
+        return None
+    if _alive(pid) and str(paths.pg_data) in _cmdline(pid):
+        return pid
+    pidfile.unlink(missing_ok=True)
+    return None
+
+
+def _start_postgres(settings: Settings, paths: _Paths, log: Log) -> None:
+    paths.pg_dir.mkdir(parents=True, exist_ok=True)
+    paths.pg_sockets.mkdir(exist_ok=True)
+    paths.pg_dir.chmod(0o755)
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", "postgres:postgres", str(paths.pg_dir)], check=True)
+        if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(paths.pg_dir)]).returncode != 0:
+            raise ServiceError(
+                f"the postgres user cannot reach {paths.pg_dir}: make every parent directory traversable "
+                "(chmod o+x) or set K2_HOME to a path under such directories"
+            )
+    if not (paths.pg_data / "PG_VERSION").exists():
+        log(f"postgres: initdb {paths.pg_data}")
+        _pg_run(
+            paths,
+            [str(PG_BIN / "initdb"), "-D", str(paths.pg_data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
+            "initdb",
+        )
+    opts = f"-p {settings.postgres_port} -k {shlex.quote(str(paths.pg_sockets))} -c listen_addresses=127.0.0.1"
+    if os.environ.get("K2_PG_FSYNC", "").lower() == "off":
+        opts += " -c fsync=off"  # tests only: a crash can corrupt the cluster
+    log(f"postgres: starting on 127.0.0.1:{settings.postgres_port}")
+    _pg_run(
+        paths,
+        [str(PG_BIN / "pg_ctl"), "-D", str(paths.pg_data), "-l", str(paths.pg_log), "-w", "-t", "30", "-o", opts, "start"],
+        "pg_ctl start",
+    )
+    log(f"postgres: ready (pid {_postgres_pid(paths)})")
+
+
+def _stop_postgres(paths: _Paths, log: Log) -> None:
+    if _postgres_pid(paths) is None:
+        log("postgres: not running")
+        return
+    log("postgres: stopping")
+    _pg_run(paths, [str(PG_BIN / "pg_ctl"), "-D", str(paths.pg_data), "-m", "fast", "-w", "-t", "30", "stop"], "pg_ctl stop")
+    log("postgres: stopped")
+
+
+def _pg_connect(url: str, settings: Settings, dbname: str | None = None):
+    import psycopg2  # local: only `up` and `status` need it
+
+    parts = urlsplit(url)
+    return psycopg2.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or settings.postgres_port,
+        user=unquote(parts.username or "postgres"),
+        password=unquote(parts.password or "") or None,
+        dbname=dbname if dbname is not None else _db_name(url),
+        connect_timeout=5,
+    )
+
+
+def _db_name(url: str) -> str:
+    return validate_identifier(unquote(urlsplit(url).path.lstrip("/")))
+
+
+def _create_databases(settings: Settings, log: Log) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    for url in (settings.postgres_url, settings.iceberg_catalog_uri):
+        name = _db_name(url)
+        if urlsplit(url).port not in (None, settings.postgres_port):
+            log(f"postgres: database {name} is on another server ({urlsplit(url).netloc.split('@')[-1]}); not creating it")
+            continue
+        try:
+            conn = _pg_connect(url, settings, dbname="postgres")
+            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                    if cur.fetchone() is None:
+                        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                        log(f"postgres: created database {name}")
+            finally:
+                conn.close()
+        except psycopg2.Error as exc:
+            raise ServiceError(f"postgres: could not create database {name}: {str(exc).strip()}") from None
+
+
+def _postgres_status(settings: Settings, paths: _Paths) -> ServiceStatus:
+    pid = _postgres_pid(paths)
+    where = f"127.0.0.1:{settings.postgres_port}"
+    if pid is None:
+        return ServiceStatus("postgres", False, False, f"not running ({where})")
+    try:
+        conn = _pg_connect(settings.postgres_url, settings)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetchone()
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001
+        return ServiceStatus("postgres", True, False, f"pid {pid}, {where}: {type(exc).__name__}: {str(exc).strip()}")
+    return ServiceStatus("postgres", True, True, f"pid {pid}, {where}, database {_db_name(settings.postgres_url)}")
+
+
+# ------------------------------------------------------------------------------------------- Dagster
+
+
+def _prepare_dagster_home(settings: Settings, log: Log) -> None:
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    link = settings.dagster_home / "dagster.yaml"
+    if not PROJECT_DAGSTER_YAML.exists():
+        log(f"dagster: {PROJECT_DAGSTER_YAML} not found; not linking {link}")
+        return
+    if link.is_symlink():
+        if link.resolve() == PROJECT_DAGSTER_YAML:
+            return
+        link.unlink()  # points at an old checkout
+    elif link.exists():
+        log(f"dagster: {link} is a regular file; leaving it as it is")
+        return
+    link.symlink_to(PROJECT_DAGSTER_YAML)
+    log(f"dagster: linked {link} -> {PROJECT_DAGSTER_YAML}")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _check_distinct_ports(settings: Settings) -> None:
+    ports = [settings.clickhouse.port, settings.clickhouse_http_port, settings.postgres_port]
+    if len(set(ports)) != len(ports):
+        raise ServiceError(f"ClickHouse tcp, ClickHouse http and PostgreSQL ports must differ, got {ports}; {_PORT_HINT}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: a port with only TIME_WAIT connections is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise ServiceError(f"cannot check port {port}: {exc}") from None
+    return True
+
+
+def _require_free(*ports: int) -> None:
+    for port in ports:
+        if not _port_free(port):
+            raise ServiceError(f"port {port} is taken by another process; {_PORT_HINT}")
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited child so it does not linger as a zombie (only when we started it)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    _reap(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _terminate(pid: int) -> None:
+    """SIGTERM, up to 10 s of grace, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, _STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+    raise ServiceError(f"process {pid} did not stop after SIGKILL")
+
+
+def _tail_text(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _tail_file(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            return _tail_text(f.read().decode(errors="replace"), lines)
+    except OSError:
+        return ""

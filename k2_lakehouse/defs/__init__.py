@@ -1,0 +1,1 @@
+"""The thin Dagster shell: declarations that call the core and report what it did."""

@@ -1,0 +1,109 @@
+"""Integration test of `k2 services`: real ClickHouse and PostgreSQL on free loopback ports, no mocks."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from k2_lakehouse.core import hot_tier, services
+from k2_lakehouse.core.contracts import HOT_TABLES
+from k2_lakehouse.core.errors import ServiceError
+from k2_lakehouse.core.settings import Settings
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))  # held together, so the ports differ
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _settings(home: Path) -> Settings:
+    ch, http, pg = _free_ports(3)
+    return Settings.from_env(
+        {"K2_HOME": str(home), "K2_CLICKHOUSE_PORT": str(ch), "K2_CLICKHOUSE_HTTP_PORT": str(http), "K2_POSTGRES_PORT": str(pg)}
+    )
+
+
+def _traversable(path: Path) -> Path:
+    """As root, PostgreSQL runs as `postgres`, which must traverse pytest's private (0700) temp dirs."""
+    path.mkdir(parents=True, exist_ok=True)
+    for p in [path, *path.parents]:
+        if p == Path("/tmp") or p == Path("/"):
+            break
+        p.chmod(p.stat().st_mode | 0o005)
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    monkeypatch.setenv("K2_PG_FSYNC", "off")
+    s = _settings(_traversable(tmp_path / "k2"))
+    try:
+        yield s
+    finally:
+        services.down(s, log=lambda _: None)  # never leave servers behind, even on failure
+
+
+def test_up_status_down(settings: Settings, tmp_path: Path) -> None:
+    logs: list[str] = []
+    services.up(settings, log=logs.append)
+    ch_pid = (settings.home / "run" / "clickhouse.pid").read_text().strip()
+
+    services.up(settings, log=logs.append)  # idempotent: reports, starts nothing new
+    assert any("already running" in line for line in logs)
+    assert (settings.home / "run" / "clickhouse.pid").read_text().strip() == ch_pid
+
+    statuses = services.status(settings)
+    assert [s.name for s in statuses] == ["clickhouse", "postgres"]
+    assert all(s.running and s.healthy for s in statuses), services.format_status(statuses)
+    assert "version" in statuses[0].detail
+
+    client = hot_tier.connect(settings)
+    try:
+        tables = {row[0] for row in client.execute("SHOW TABLES FROM k2", settings={"use_numpy": False})}
+        profile = client.execute(
+            "SELECT value FROM system.settings WHERE name = 'allow_experimental_low_cardinality_type'",
+            settings={"use_numpy": False},
+        )
+    finally:
+        client.disconnect()
+    assert {t.name for t in HOT_TABLES.values()} <= tables
+    assert profile == [("1",)]
+
+    conn = psycopg2.connect(host="127.0.0.1", port=settings.postgres_port, user="postgres", dbname="postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database")
+            assert {"dagster", "iceberg"} <= {r[0] for r in cur.fetchall()}
+    finally:
+        conn.close()
+
+    assert (settings.dagster_home).is_dir()
+    assert any(line.startswith("export K2_HOME=") for line in services.env_lines(settings))
+
+    # A port held by someone else: a clear ServiceError, and nothing is started for that home.
+    other = _settings(_traversable(tmp_path / "other"))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", other.clickhouse.port))
+        squatter.listen()
+        with pytest.raises(ServiceError, match=f"port {other.clickhouse.port} is taken"):
+            services.up(other, log=lambda _: None)
+    assert not (other.home / "run" / "clickhouse.pid").exists()
+    assert not (other.home / "postgres").exists()
+
+    services.down(settings, log=logs.append)
+    services.down(settings, log=logs.append)  # idempotent
+    statuses = services.status(settings)
+    assert not any(s.running for s in statuses), services.format_status(statuses)
+    assert not (settings.home / "run" / "clickhouse.pid").exists()
+    assert not os.path.exists(f"/proc/{ch_pid}") or b"clickhouse" not in Path(f"/proc/{ch_pid}/cmdline").read_bytes()
