@@ -71,11 +71,16 @@ def high_offsets(client: clickhouse_driver.Client, table: HotTable, day: dt.date
     return {int(p): int(o) for p, o in rows}
 
 
-def days_with_rows(client: clickhouse_driver.Client, table: HotTable) -> list[dt.date]:
+def high_offsets_by_day(client: clickhouse_driver.Client, table: HotTable) -> dict[dt.date, Watermark]:
+    """Every trade day in the hot tier with its highest offset per feed partition."""
     rows = client.execute(
-        f"SELECT DISTINCT trade_date FROM {table.name} ORDER BY trade_date", settings={"use_numpy": False}
+        f"SELECT trade_date, kafka_partition, max(kafka_offset) FROM {table.name} GROUP BY trade_date, kafka_partition",
+        settings={"use_numpy": False},
     )
-    return [r[0] for r in rows]
+    days: dict[dt.date, Watermark] = {}
+    for day, partition, offset in rows:
+        days.setdefault(day, {})[int(partition)] = int(offset)
+    return dict(sorted(days.items()))
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,8 @@ def encode_watermark(wm: Watermark) -> str:
 
 def decode_watermark(raw: str) -> Watermark:
     return {int(p): int(o) for p, o in json.loads(raw).items()}
+
+
+def watermarked_days(table: Table) -> list[dt.date]:
+    """Days this bronze table has committed a watermark for."""
+    return sorted(dt.date.fromisoformat(k[len(WATERMARK_PREFIX):]) for k in table.properties if k.startswith(WATERMARK_PREFIX))

@@ -115,6 +115,15 @@ def offload_day(
     raise OffloadConflict(f"{hot.name} {day}: gave up after {MAX_ATTEMPTS} lost commit races; nothing committed")
 
 
+def pending_days(table: Table, client: clickhouse_driver.Client, hot: HotTable) -> list[dt.date]:
+    """Days whose hot-tier offsets moved past the bronze watermark: the work an incremental run has."""
+    return [
+        day
+        for day, high in hot_tier.high_offsets_by_day(client, hot).items()
+        if hot_tier.missing_ranges(iceberg.read_watermark(table, day), high)
+    ]
+
+
 def _current_snapshot_id(table: Table) -> int | None:
     snapshot = table.current_snapshot()
     return snapshot.snapshot_id if snapshot else None

@@ -1,0 +1,138 @@
+"""The `k2` command line: services, feed, run, verify, bench."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+
+from k2_lakehouse.core.errors import K2Error
+from k2_lakehouse.core.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings.from_env()
+    for name, value in settings.exports().items():  # Dagster's config and child processes read these
+        os.environ.setdefault(name, value)
+    try:
+        return args.handler(settings, args) or 0
+    except K2Error as exc:
+        print(f"k2: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("k2: interrupted", file=sys.stderr)
+        return 130
+
+
+def _services(settings: Settings, args: argparse.Namespace) -> int:
+    from k2_lakehouse.core import services
+
+    if args.action == "up":
+        services.up(settings)
+    elif args.action == "down":
+        services.down(settings)
+    elif args.action == "env":
+        print("\n".join(services.env_lines(settings)))
+    else:
+        statuses = services.status(settings)
+        print(services.format_status(statuses))
+        return 0 if all(s.healthy for s in statuses) else 1
+    return 0
+
+
+def _feed(settings: Settings, args: argparse.Namespace) -> int:
+    from k2_lakehouse.core import feed
+
+    if args.action == "seed":
+        report = feed.seed(settings, args.date, args.rows, seed=args.seed, progress=not args.quiet)
+    else:
+        report = feed.live(settings, args.rate, args.duration, seed=args.seed, progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from k2_lakehouse import runner
+
+    partitions = [args.partition.isoformat()] if args.partition else runner.pending_partitions(settings, args.select)
+    if not partitions:
+        print("Nothing to do: every selected table is up to date with the hot tier.")
+        return 0
+    rows = runner.run(args.select, partitions)
+    print(runner.format_rows(rows))
+    return 0 if rows and all(r.success for r in rows) else 1
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from k2_lakehouse.core import hot_tier, iceberg, reconcile
+    from k2_lakehouse.core.contracts import HOT_TABLES
+    from k2_lakehouse.core.report import format_table
+
+    results = []
+    with hot_tier.hot_tier_errors(settings):
+        client = hot_tier.connect(settings)
+        cat = iceberg.catalog(settings)
+        for hot in HOT_TABLES.values():
+            table = iceberg.bronze_table(cat, hot)
+            days = set(hot_tier.high_offsets_by_day(client, hot)) | set(iceberg.watermarked_days(table))
+            if args.date:
+                days &= {args.date}
+            results += reconcile.verify(table, client, hot, sorted(days))
+    header = ("table", "day", "hot rows", "hot positions", "bronze rows", "duplicates", "missing", "checksum", "status")
+    print(format_table(header, [
+        (r.table, r.day, f"{r.hot_rows:,}", f"{r.hot_positions:,}", f"{r.bronze_rows:,}", r.duplicates, r.missing,
+         "match" if r.checksum_match else "DIFFERS", "ok" if r.ok else "MISMATCH")
+        for r in results
+    ]))
+    bad = [r for r in results if not r.ok]
+    print(f"{len(results)} table-days checked, {len(bad)} mismatched")
+    return 1 if bad else 0
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from k2_lakehouse import bench
+
+    return bench.main(settings, rows=args.rows, small_rows=args.small_rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="k2", description="K2 Lakehouse: exactly-once ClickHouse -> Iceberg pipeline.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    s = sub.add_parser("services", help="install, start, stop and inspect the local ClickHouse and PostgreSQL")
+    s.add_argument("action", choices=["up", "down", "status", "env"])
+    s.set_defaults(handler=_services)
+
+    f = sub.add_parser("feed", help="simulate the exchange feed into the hot tier")
+    fsub = f.add_subparsers(dest="action", required=True)
+    seed = fsub.add_parser("seed", help="write N trades per exchange for one day")
+    seed.add_argument("--date", type=dt.date.fromisoformat, required=True, help="trade day, YYYY-MM-DD (UTC)")
+    seed.add_argument("--rows", type=int, required=True, help="rows per exchange")
+    live = fsub.add_parser("live", help="write trades in real time")
+    live.add_argument("--rate", type=float, required=True, help="trades per second per exchange")
+    live.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    for cmd in (seed, live):
+        cmd.add_argument("--seed", type=int, default=0, help="random seed (reproducible output)")
+        cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(handler=_feed)
+
+    r = sub.add_parser("run", help="materialize assets in process and print a summary")
+    r.add_argument("--select", default="group:bronze", help="Dagster asset selection (default: group:bronze)")
+    r.add_argument("--partition", type=dt.date.fromisoformat, help="day YYYY-MM-DD (default: every day with new hot data)")
+    r.set_defaults(handler=_run)
+
+    v = sub.add_parser("verify", help="reconcile hot tier against bronze; non-zero exit on any mismatch")
+    v.add_argument("--date", type=dt.date.fromisoformat, help="only this day")
+    v.set_defaults(handler=_verify)
+
+    b = sub.add_parser("bench", help="bronze offload throughput and memory against a naive baseline")
+    b.add_argument("--rows", type=int, default=4_000_000, help="rows per table for the large run")
+    b.add_argument("--small-rows", type=int, default=1_000_000, help="rows per table for the memory comparison")
+    b.set_defaults(handler=_bench)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())
