@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import sqlalchemy.exc
+
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
@@ -32,7 +34,11 @@ BRONZE_PROPERTIES = {
 
 
 def catalog(settings: Settings) -> Catalog:
-    return SqlCatalog(CATALOG_NAME, uri=settings.iceberg_catalog_uri, warehouse=settings.warehouse)
+    try:
+        return SqlCatalog(CATALOG_NAME, uri=settings.iceberg_catalog_uri, warehouse=settings.warehouse)
+    except sqlalchemy.exc.IntegrityError:
+        # Two processes created the catalog's own tables at once and this one lost: they exist now.
+        return SqlCatalog(CATALOG_NAME, uri=settings.iceberg_catalog_uri, warehouse=settings.warehouse)
 
 
 def bronze_table(cat: Catalog, hot: HotTable) -> Table:

@@ -61,7 +61,7 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
             table = iceberg.bronze_table(lakehouse.catalog(), hot)
             recorded = _dagster_watermark(context, key)
             truth = iceberg.read_watermark(table, day)
-            if recorded is not None and recorded != truth:
+            if recorded != truth:
                 context.log.warning(
                     f"Dagster recorded watermark {recorded} but Iceberg holds {truth} (a run died after its "
                     "Iceberg commit): Iceberg wins."
@@ -79,7 +79,7 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
                 "dagster/row_count": recon.actual,
                 "watermark_before": MetadataValue.json({str(p): o for p, o in result.watermark_before.items()}),
                 "watermark": MetadataValue.json({str(p): o for p, o in result.watermark_after.items()}),
-                "watermark_recovered_from_iceberg": recorded is not None and recorded != truth,
+                "watermark_recovered_from_iceberg": recorded != truth,
                 "snapshot_id": MetadataValue.text(str(result.snapshot_id)),
                 "files_written": result.files,
                 "bytes_written": result.bytes_written,
@@ -94,15 +94,13 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
     return bronze_trades
 
 
-def _dagster_watermark(context: AssetExecutionContext, key: AssetKey) -> Watermark | None:
-    """The watermark the last materialization of this partition recorded in Dagster, if any."""
+def _dagster_watermark(context: AssetExecutionContext, key: AssetKey) -> Watermark:
+    """The watermark the last materialization of this partition recorded in Dagster ({} if none)."""
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1
     ).records
-    if not records:
-        return None
-    entry = records[0].asset_materialization.metadata.get("watermark")
-    return {int(p): int(o) for p, o in entry.value.items()} if entry is not None else None
+    entry = records[0].asset_materialization.metadata.get("watermark") if records else None
+    return {int(p): int(o) for p, o in entry.value.items()} if entry is not None else {}
 
 
 def _contract_result(contract: quality.ContractResult) -> AssetCheckResult:

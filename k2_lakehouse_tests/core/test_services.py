@@ -14,40 +14,13 @@ from k2_lakehouse.core import hot_tier, services
 from k2_lakehouse.core.contracts import HOT_TABLES
 from k2_lakehouse.core.errors import ServiceError
 from k2_lakehouse.core.settings import Settings
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))  # held together, so the ports differ
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _settings(home: Path) -> Settings:
-    ch, http, pg = _free_ports(3)
-    return Settings.from_env(
-        {"K2_HOME": str(home), "K2_CLICKHOUSE_PORT": str(ch), "K2_CLICKHOUSE_HTTP_PORT": str(http), "K2_POSTGRES_PORT": str(pg)}
-    )
-
-
-def _traversable(path: Path) -> Path:
-    """As root, PostgreSQL runs as `postgres`, which must traverse pytest's private (0700) temp dirs."""
-    path.mkdir(parents=True, exist_ok=True)
-    for p in [path, *path.parents]:
-        if p == Path("/tmp") or p == Path("/"):
-            break
-        p.chmod(p.stat().st_mode | 0o005)
-    return path
+from k2_lakehouse_tests.support import services_settings, traversable
 
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     monkeypatch.setenv("K2_PG_FSYNC", "off")
-    s = _settings(_traversable(tmp_path / "k2"))
+    s = services_settings(traversable(tmp_path / "k2"))
     try:
         yield s
     finally:
@@ -92,7 +65,7 @@ def test_up_status_down(settings: Settings, tmp_path: Path) -> None:
     assert any(line.startswith("export K2_HOME=") for line in services.env_lines(settings))
 
     # A port held by someone else: a clear ServiceError, and nothing is started for that home.
-    other = _settings(_traversable(tmp_path / "other"))
+    other = services_settings(traversable(tmp_path / "other"))
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", other.clickhouse.port))
         squatter.listen()

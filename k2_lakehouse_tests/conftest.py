@@ -1,0 +1,35 @@
+"""Session services (real ClickHouse and PostgreSQL on free loopback ports) and a private lake per test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k2_lakehouse.core import services
+from k2_lakehouse.core.settings import Settings
+from k2_lakehouse_tests.support import Lake, new_lake, services_settings, traversable
+
+
+@pytest.fixture(scope="session")
+def shared_services() -> Iterator[Settings]:
+    os.environ["K2_PG_FSYNC"] = "off"  # test data is disposable
+    root = traversable(Path(tempfile.mkdtemp(prefix="k2-tests-")))
+    settings = services_settings(root / "home")
+    services.up(settings, log=lambda _: None)
+    try:
+        yield settings
+    finally:
+        services.down(settings, log=lambda _: None)
+
+
+@pytest.fixture
+def lake(shared_services: Settings, monkeypatch: pytest.MonkeyPatch) -> Lake:
+    """Isolated hot database, Iceberg catalog, warehouse and Dagster storage; the K2_* env points at them."""
+    lake = new_lake(shared_services, shared_services.home.parent / "lakes")
+    for name, value in lake.env.items():
+        monkeypatch.setenv(name, value)
+    return lake

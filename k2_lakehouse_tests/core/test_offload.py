@@ -1,0 +1,204 @@
+"""The exactly-once offload against a real ClickHouse, a real PostgreSQL catalog and Iceberg files on disk."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from pyiceberg.exceptions import CommitFailedException
+
+from k2_lakehouse.core import iceberg, offload, reconcile
+from k2_lakehouse.core.contracts import BINANCE
+from k2_lakehouse.core.errors import HotTierUnavailable
+from k2_lakehouse.core.hot_tier import connect, hot_tier_errors
+from k2_lakehouse_tests.support import Lake, free_ports, insert_binance
+
+DAY = dt.date(2026, 3, 14)
+
+
+def _table(lake: Lake):
+    return iceberg.bronze_table(iceberg.catalog(lake.settings), BINANCE)
+
+
+def _assert_exactly_once(lake: Lake, table, day: dt.date = DAY) -> reconcile.Reconciliation:
+    table.refresh()
+    result = reconcile.reconcile(table, lake.client(), BINANCE, day, iceberg.read_watermark(table, day))
+    assert result.exactly_once, result
+    assert result.not_yet_offloaded == 0, result
+    return result
+
+
+def test_rerun_copies_nothing_more(lake: Lake) -> None:
+    client = lake.client()
+    insert_binance(client, DAY, 0, range(0, 500))
+    insert_binance(client, DAY, 1, range(0, 300))
+    table = _table(lake)
+
+    first = offload.offload_day(table, client, BINANCE, DAY, batch_rows=128)
+    assert first.rows == 800 and first.watermark_after == {0: 499, 1: 299}
+    snapshots = len(table.snapshots())
+    for _ in range(3):
+        again = offload.offload_day(table, client, BINANCE, DAY)
+        assert again.rows == 0 and again.snapshot_id == first.snapshot_id
+    assert len(table.refresh().snapshots()) == snapshots  # a no-op run commits nothing
+    assert _assert_exactly_once(lake, table).actual == 800
+
+
+def test_watermark_and_lineage_are_in_the_same_commit(lake: Lake) -> None:
+    client = lake.client()
+    insert_binance(client, DAY, 0, range(10))
+    table = _table(lake)
+    result = offload.offload_day(table, client, BINANCE, DAY, run_id="run-42", writer_id="w-1")
+    snapshot = table.current_snapshot()
+    assert snapshot.snapshot_id == result.snapshot_id
+    summary = snapshot.summary.additional_properties
+    assert summary["k2.dagster-run-id"] == "run-42" and summary["k2.writer-id"] == "w-1"
+    assert summary["k2.partition"] == DAY.isoformat()
+    assert iceberg.decode_watermark(summary["k2.watermark"]) == {0: 9}
+    assert table.properties[iceberg.watermark_key(DAY)] == summary["k2.watermark"]
+    assert table.properties["commit.retry.num-retries"] == "0"
+
+
+def test_late_data_and_redeliveries(lake: Lake) -> None:
+    client = lake.client()
+    insert_binance(client, DAY, 0, range(0, 100))
+    insert_binance(client, DAY, 0, range(90, 100))  # at-least-once: offsets 90..99 delivered twice
+    table = _table(lake)
+    assert offload.offload_day(table, client, BINANCE, DAY).rows == 100
+
+    other_day = DAY - dt.timedelta(days=1)
+    insert_binance(client, other_day, 0, range(100, 110))  # a late trade for an earlier day: higher offsets
+    insert_binance(client, DAY, 0, range(110, 150))
+    insert_binance(client, DAY, 0, range(140, 150))  # redelivered again, inside the new range
+    late = offload.offload_day(table, client, BINANCE, DAY, batch_rows=7)
+    assert late.rows == 40 and late.watermark_after == {0: 149}
+    assert offload.offload_day(table, client, BINANCE, other_day).rows == 10
+    assert _assert_exactly_once(lake, table).actual == 140
+    assert _assert_exactly_once(lake, table, other_day).actual == 10
+    assert offload.pending_days(table, client, BINANCE) == []
+
+
+def test_lost_commit_race_never_duplicates(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers copy the same range and commit at the same moment: one wins, the loser re-reads the watermark."""
+    client_a, client_b = lake.client(), lake.client()
+    insert_binance(client_a, DAY, 0, range(1000))
+    barrier = threading.Barrier(2, timeout=30)
+    real_write = offload._write_files
+
+    def write_then_wait(*args, **kwargs):
+        written = real_write(*args, **kwargs)
+        barrier.wait()  # both have their files; both now race to commit
+        return written
+
+    monkeypatch.setattr(offload, "_write_files", write_then_wait)
+    results: list = []
+
+    def run(client) -> None:
+        table = _table(lake)
+        try:
+            results.append(offload.offload_day(table, client, BINANCE, DAY))
+        except BaseException as exc:  # surfaced by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in (client_a, client_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.undo()
+    assert sorted(r.rows for r in results) == [0, 1000], results
+    loser = next(r for r in results if r.rows == 0)
+    assert loser.attempts == 2  # it lost the race, reloaded, found nothing missing
+    table = _table(lake)
+    assert _assert_exactly_once(lake, table).actual == 1000
+    assert len(table.inspect.files()) == 1  # the loser's files were deleted, not left behind
+
+
+def test_pyiceberg_own_retry_is_off(lake: Lake) -> None:
+    """Why bronze retries by itself: a stale transaction must fail, not be silently re-applied."""
+    client = lake.client()
+    insert_binance(client, DAY, 0, range(10))
+    stale = _table(lake)
+    fresh = _table(lake)
+    offload.offload_day(fresh, client, BINANCE, DAY)
+    with pytest.raises(CommitFailedException):
+        with stale.transaction() as tx:
+            tx.set_properties({"k2.test": "x"})
+            tx.append(fresh.scan().to_arrow())
+
+
+def test_concurrent_processes(lake: Lake) -> None:
+    client = lake.client()
+    for partition in range(4):
+        insert_binance(client, DAY, partition, range(20_000))
+    code = (
+        "import datetime as dt\n"
+        "from k2_lakehouse.core import hot_tier, iceberg, offload\n"
+        "from k2_lakehouse.core.contracts import BINANCE\n"
+        "from k2_lakehouse.core.settings import Settings\n"
+        "s = Settings.from_env()\n"
+        "t = iceberg.bronze_table(iceberg.catalog(s), BINANCE)\n"
+        f"r = offload.offload_day(t, hot_tier.connect(s), BINANCE, dt.date.fromisoformat('{DAY}'), batch_rows=5000)\n"
+        "print(r.rows)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **lake.env}, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    rows = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(rows) == 80_000, rows
+    assert _assert_exactly_once(lake, _table(lake)).actual == 80_000
+
+
+@pytest.mark.parametrize("point", ["mid_read", "mid_write", "after_iceberg_commit"])
+def test_killed_at_every_step(lake: Lake, point: str) -> None:
+    client = lake.client()
+    for partition in range(2):
+        insert_binance(client, DAY, partition, range(3_000))
+    code = (
+        "import datetime as dt\n"
+        "from k2_lakehouse.core import hot_tier, iceberg, offload\n"
+        "from k2_lakehouse.core.contracts import BINANCE\n"
+        "from k2_lakehouse.core.settings import Settings\n"
+        "s = Settings.from_env()\n"
+        "t = iceberg.bronze_table(iceberg.catalog(s), BINANCE)\n"
+        f"offload.offload_day(t, hot_tier.connect(s), BINANCE, dt.date.fromisoformat('{DAY}'), batch_rows=1000)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **lake.env, "K2_FAILPOINT": point}, timeout=120
+    )
+    assert proc.returncode == -9  # SIGKILL: no cleanup ran
+    table = _table(lake)
+    committed = point == "after_iceberg_commit"
+    assert (table.current_snapshot() is not None) == committed
+    assert iceberg.read_watermark(table, DAY) == ({0: 2999, 1: 2999} if committed else {})
+    rerun = offload.offload_day(table, client, BINANCE, DAY)
+    assert rerun.rows == (0 if committed else 6_000)
+    assert _assert_exactly_once(lake, table).actual == 6_000
+
+
+def test_clickhouse_unreachable_commits_nothing(lake: Lake) -> None:
+    table = _table(lake)
+    (port,) = free_ports(1)
+    down = type(lake.settings)(**{**lake.settings.__dict__, "clickhouse_url": f"clickhouse://default@127.0.0.1:{port}/k2"})
+    with pytest.raises(HotTierUnavailable, match=f"127.0.0.1:{port}"):
+        with hot_tier_errors(down):
+            offload.offload_day(table, connect(down), BINANCE, DAY)
+    assert table.refresh().current_snapshot() is None
+
+
+def test_malformed_messages_are_copied_verbatim(lake: Lake) -> None:
+    """Bronze is an exact copy: a malformed price reaches bronze as sent, for silver to quarantine."""
+    client = lake.client()
+    insert_binance(client, DAY, 0, range(5), price="not-a-number")
+    insert_binance(client, DAY, 0, range(5, 10), price="")
+    table = _table(lake)
+    offload.offload_day(table, client, BINANCE, DAY)
+    prices = sorted(table.scan(selected_fields=("price",)).to_arrow().column("price").to_pylist())
+    assert prices == [""] * 5 + ["not-a-number"] * 5
+    _assert_exactly_once(lake, table)

@@ -1,0 +1,105 @@
+"""Test support: free ports, temp dirs the postgres user can enter, isolated lakes on the shared services."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+
+from k2_lakehouse.core import hot_tier
+from k2_lakehouse.core.settings import Settings
+
+_counter = itertools.count()
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))  # held together, so the ports differ
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def traversable(path: Path) -> Path:
+    """As root, PostgreSQL runs as `postgres`, which must traverse pytest's private (0700) temp dirs."""
+    path.mkdir(parents=True, exist_ok=True)
+    for p in [path, *path.parents]:
+        if p in (Path("/tmp"), Path("/")):
+            break
+        p.chmod(p.stat().st_mode | 0o005)
+    return path
+
+
+def services_settings(home: Path) -> Settings:
+    ch, http, pg = free_ports(3)
+    return Settings.from_env(
+        {"K2_HOME": str(home), "K2_CLICKHOUSE_PORT": str(ch), "K2_CLICKHOUSE_HTTP_PORT": str(http), "K2_POSTGRES_PORT": str(pg)}
+    )
+
+
+@dataclass(frozen=True)
+class Lake:
+    """One test's private slice of the shared services: its own hot database, catalog, warehouse, Dagster DB."""
+
+    settings: Settings
+    env: dict[str, str]
+
+    def client(self):
+        return hot_tier.connect(self.settings)
+
+
+def new_lake(base: Settings, root: Path) -> Lake:
+    n = f"{os.getpid()}_{next(_counter)}"
+    hot_db, iceberg_db, dagster_db = f"k2_t{n}", f"iceberg_t{n}", f"dagster_t{n}"
+    server = base.iceberg_catalog_uri.rsplit("/", 1)[0]
+    conn = psycopg2.connect(host="127.0.0.1", port=base.postgres_port, user="postgres", dbname="postgres")
+    conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction
+    with conn.cursor() as cur:
+        for db in (iceberg_db, dagster_db):
+            cur.execute(f"CREATE DATABASE {db}")
+    conn.close()
+    home = traversable(root / n)
+    settings = dataclasses.replace(
+        base,
+        clickhouse_url=base.clickhouse_url.rsplit("/", 1)[0] + f"/{hot_db}",
+        iceberg_catalog_uri=f"{server}/{iceberg_db}",
+        postgres_url=f"{server}/{dagster_db}",
+        warehouse=(home / "warehouse").as_uri(),
+        dagster_home=home / "dagster",
+    )
+    client = hot_tier.connect(settings, database="")
+    hot_tier.create_hot_tables(client, hot_db)
+    client.disconnect()
+    settings.dagster_home.mkdir(parents=True)
+    (settings.dagster_home / "dagster.yaml").symlink_to(Path(__file__).resolve().parents[1] / "dagster.yaml")
+    return Lake(settings, {**settings.exports(), "K2_HOME": str(base.home)})
+
+
+def insert_binance(client, day, partition: int, offsets, *, price: str = "100.00000000", table: str = "bronze_trades_binance") -> None:
+    """Write hand-made Binance messages at the given feed positions (repeat an offset for a redelivery)."""
+    import datetime as dt
+
+    import numpy as np
+
+    from k2_lakehouse.core.contracts import BINANCE
+
+    offsets = np.asarray(list(offsets), dtype=np.uint64)
+    n = len(offsets)
+    day_ms = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).timestamp() * 1000)
+    trade_time = (day_ms + offsets * 1000 % 86_400_000).astype(np.uint64)
+    columns = [
+        np.array(["trade"] * n, dtype=object), trade_time + 1, np.array(["BTCUSDT"] * n, dtype=object),
+        offsets + 1_000_000, np.array([price] * n, dtype=object), np.array(["0.50000000"] * n, dtype=object),
+        trade_time, (offsets % 2).astype(np.uint8), np.ones(n, dtype=np.uint8),
+        np.full(n, np.datetime64(day, "D")), np.full(n, partition, dtype=np.uint32), offsets,
+        np.full(n, np.datetime64(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), "s")),
+    ]
+    client.execute(f"INSERT INTO {table} ({', '.join(BINANCE.column_names)}) VALUES", columns, columnar=True)
