@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# K2 Lakehouse: the two front-door commands.
+#   ./dev.sh demo   set everything up, seed one day of trades, materialize bronze, print the summary
+#   ./dev.sh test   set everything up and run every test (pytest starts its own ClickHouse and PostgreSQL)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+setup() {
+  if ! command -v uv >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check uv
+  fi
+  [ -x .venv/bin/python ] || uv venv --quiet .venv --python python3.11
+  uv pip install --quiet --python .venv/bin/python -e '.[test]'
+}
+
+case "${1:-}" in
+  demo)
+    setup
+    export PATH="$PWD/.venv/bin:$PATH"
+    k2 services up
+    eval "$(k2 services env)"
+    day="${K2_DEMO_DATE:-$(date -u -d yesterday +%F)}"
+    k2 feed seed --date "$day" --rows "${K2_DEMO_ROWS:-500000}" --seed 7
+    k2 run --select group:bronze
+    k2 verify
+    echo
+    echo "Dagster UI: eval \"\$(.venv/bin/k2 services env)\" && .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
+    echo "Stop the services: .venv/bin/k2 services down"
+    ;;
+  test)
+    setup
+    shift
+    exec .venv/bin/python -m pytest "$@"
+    ;;
+  *)
+    echo "usage: $0 demo|test [pytest args]" >&2
+    exit 2
+    ;;
+esac
