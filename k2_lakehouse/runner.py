@@ -51,6 +51,7 @@ def run(selection: str, partitions: list[str], instance: DagsterInstance | None 
         result = materialize(
             assets, selection=selection, partition_key=partition, instance=instance,
             resources=defs.resources, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},  # the summary says the rest
         )
         checks: dict[str, list[str]] = {}
         for evaluation in result.get_asset_check_evaluations():

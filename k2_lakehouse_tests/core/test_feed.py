@@ -22,7 +22,6 @@ from k2_lakehouse.core.settings import Settings
 
 DAY = dt.date(2026, 2, 11)
 ROWS = 20_000
-CLICKHOUSE = "/usr/sbin/clickhouse-server"
 
 
 @pytest.fixture(scope="module")
