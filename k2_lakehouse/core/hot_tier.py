@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import clickhouse_driver
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from clickhouse_driver.errors import Error as ClickHouseError
 
 from k2_lakehouse.core.contracts import HOT_TABLES, HotTable, validate_identifier
@@ -106,34 +106,31 @@ def missing_ranges(watermark: Watermark, high: Watermark) -> list[OffsetRange]:
     ]
 
 
-def read_range(client: clickhouse_driver.Client, table: HotTable, day: dt.date, rng: OffsetRange) -> pa.Table:
-    """One bounded slice of a day as Arrow, read columnar through numpy (the fast path on 18.16)."""
-    columns = client.execute(
+def stream_range(
+    client: clickhouse_driver.Client, table: HotTable, day: dt.date, rng: OffsetRange, *, block_rows: int = 65_536
+) -> Iterator[pa.RecordBatch]:
+    """One offset slice of a day as Arrow record batches in the contract's types, one per ClickHouse block.
+
+    clickhouse-driver's Arrow stream decodes blocks straight into Arrow buffers (no Python objects per
+    value), several times faster than numpy columns with object strings, and memory stays one block.
+    """
+    reader = client.query_arrow_stream(
         f"SELECT {', '.join(table.column_names)} FROM {table.name} "
         "WHERE trade_date = %(day)s AND kafka_partition = %(p)s AND kafka_offset > %(lo)s AND kafka_offset <= %(hi)s "
         # at-least-once delivery wrote some offsets twice (identical messages): keep one
         "LIMIT 1 BY kafka_partition, kafka_offset",
         {"day": day, "p": rng.partition, "lo": rng.lo, "hi": rng.hi},
-        columnar=True,
+        settings={"max_block_size": block_rows},
+        field_metadata=False,
     )
-    return numpy_columns_to_arrow(table, columns)
+    for batch in reader:
+        yield to_contract(table, batch)
 
 
-def numpy_columns_to_arrow(table: HotTable, columns: list) -> pa.Table:
-    arrays = []
-    n = len(columns[0]) if columns else 0
-    for col, values in zip(table.columns, columns or [[]] * len(table.columns)):
-        arrays.append(_to_arrow(values, col.arrow_type, n))
-    return pa.Table.from_arrays(arrays, schema=table.arrow_schema)
-
-
-def _to_arrow(values, arrow_type: pa.DataType, n: int) -> pa.Array:
-    if n == 0:
-        return pa.array([], type=arrow_type)
-    if pa.types.is_boolean(arrow_type):
-        return pa.array(np.asarray(values) != 0)
-    if pa.types.is_date32(arrow_type):
-        return pa.array(np.asarray(values, dtype="datetime64[D]"), type=arrow_type)
-    if pa.types.is_timestamp(arrow_type):
-        return pa.array(np.asarray(values).astype("datetime64[us]"), type=pa.timestamp("us")).cast(arrow_type)
-    return pa.array(values, type=arrow_type)
+def to_contract(table: HotTable, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """ClickHouse's Arrow types (unsigned, seconds) cast to the contract's (Iceberg has no unsigned types)."""
+    arrays = [
+        pc.not_equal(col, 0) if pa.types.is_boolean(field.type) else col.cast(field.type)
+        for col, field in zip(batch.columns, table.arrow_schema)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=table.arrow_schema)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import logging
 import queue
@@ -18,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import clickhouse_driver
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 FILE_ROWS = 4_000_000  # roll to a new Parquet file past this many rows
-ROW_GROUP_ROWS = 1_000_000
+SORT_CHUNK_ROWS = 500_000  # rows sorted together and written as one row group
+WRITER_LANES = 2  # sort + Parquet encoding is the costly part: one lane per core
 
 
 @dataclass(frozen=True)
@@ -147,56 +150,91 @@ class _Written:
             table.io.delete(path)
 
 
+class _Lane:
+    """One Parquet file at a time, rolled past FILE_ROWS; lanes write in parallel (Arrow releases the GIL)."""
+
+    def __init__(self, table: Table, hot: HotTable, directory: str, written: _Written) -> None:
+        self.table, self.hot, self.directory, self.written = table, hot, directory, written
+        self.writer: pq.ParquetWriter | None = None
+        self.stream = None
+        self.rows = 0
+
+    def write(self, chunk: pa.Table) -> int:
+        chunk = chunk.sort_by([(c, "ascending") for c in self.hot.sort_columns])
+        if self.writer is None or self.rows >= FILE_ROWS:
+            self.close()
+            path = f"{self.directory}/{uuid.uuid4()}.parquet"
+            self.written.paths.append(path)
+            self.stream = self.table.io.new_output(path).create(overwrite=False)
+            self.writer = pq.ParquetWriter(self.stream, self.hot.arrow_schema, compression="zstd", write_statistics=True)
+            self.rows = 0
+        self.writer.write_table(chunk, row_group_size=SORT_CHUNK_ROWS)
+        self.rows += chunk.num_rows
+        failpoint("mid_write")
+        return chunk.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.stream is not None:
+            self.stream.close()
+        self.writer = self.stream = None
+
+
 def _write_files(
     table: Table, client: clickhouse_driver.Client, hot: HotTable, day: dt.date, ranges: list[OffsetRange], batch_rows: int
 ) -> _Written:
+    """Stream the ranges into sorted zstd Parquet files. Memory holds a few sort chunks and blocks, whatever the day's size."""
     written = _Written()
-    writer: pq.ParquetWriter | None = None
-    stream = None
-    file_rows = 0
     directory = f"{table.location()}/data/trade_day={day.isoformat()}"
+    lanes = [_Lane(table, hot, directory, written) for _ in range(WRITER_LANES)]
+    in_flight: collections.deque[Future[int]] = collections.deque()
     try:
-        for chunk in _prefetch(_read_slices(client, hot, day, ranges, batch_rows)):
-            if chunk.num_rows == 0:
-                continue
-            if writer is None or file_rows >= FILE_ROWS:
-                _close(writer, stream, written)
-                path = f"{directory}/{uuid.uuid4()}.parquet"
-                stream = table.io.new_output(path).create(overwrite=False)
-                writer = pq.ParquetWriter(stream, hot.arrow_schema, compression="zstd", write_statistics=True)
-                written.paths.append(path)
-                file_rows = 0
-            writer.write_table(chunk.sort_by([(c, "ascending") for c in hot.sort_columns]), row_group_size=ROW_GROUP_ROWS)
-            file_rows += chunk.num_rows
-            written.rows += chunk.num_rows
-            failpoint("mid_write")
-        _close(writer, stream, written)
+        with ThreadPoolExecutor(WRITER_LANES, thread_name_prefix="k2-parquet") as pool:
+            chunks = _chunks(_prefetch(_read_slices(client, hot, day, ranges, batch_rows)), SORT_CHUNK_ROWS)
+            for i, chunk in enumerate(chunks):
+                if len(in_flight) == WRITER_LANES:  # the lane for chunk i is the one the oldest chunk used
+                    written.rows += in_flight.popleft().result()
+                in_flight.append(pool.submit(lanes[i % WRITER_LANES].write, chunk))
+            while in_flight:
+                written.rows += in_flight.popleft().result()
     except BaseException:
-        _close(writer, stream, written)
+        for future in in_flight:
+            future.cancel()
+        for lane in lanes:
+            lane.close()
         written.delete(table)  # never leave a half-written run behind
         raise
-    for path in written.paths:
-        written.bytes += len(table.io.new_input(path))
+    for lane in lanes:
+        lane.close()
+    written.bytes = sum(len(table.io.new_input(path)) for path in written.paths)
     return written
-
-
-def _close(writer: pq.ParquetWriter | None, stream, written: _Written) -> None:
-    if writer is not None:
-        writer.close()
-    if stream is not None:
-        stream.close()
 
 
 def _read_slices(
     client: clickhouse_driver.Client, hot: HotTable, day: dt.date, ranges: list[OffsetRange], batch_rows: int
-) -> Iterator[pa.Table]:
+) -> Iterator[pa.RecordBatch]:
     for rng in ranges:
-        for piece in rng.split(batch_rows):
-            yield hot_tier.read_range(client, hot, day, piece)
+        for piece in rng.split(batch_rows):  # bounded slices bound the server's LIMIT BY state too
+            yield from hot_tier.stream_range(client, hot, day, piece)
             failpoint("mid_read")
 
 
-def _prefetch(source: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+def _chunks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Group record batches into tables of about `rows` rows: the unit that is sorted and written."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(pending)
+            pending, count = [], 0
+    if count:
+        yield pa.Table.from_batches(pending)
+
+
+def _prefetch(source: Iterator[pa.RecordBatch], depth: int = 8) -> Iterator[pa.RecordBatch]:
     """Run `source` in a thread, `depth` items ahead: ClickHouse decoding overlaps Parquet encoding."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
