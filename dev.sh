@@ -6,11 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 setup() {
-  if ! command -v uv >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check uv
-  fi
-  [ -x .venv/bin/python ] || uv venv --quiet .venv --python python3.11
-  uv pip install --quiet --python .venv/bin/python -e '.[test]'
+  # uv resolves and installs the pinned set in seconds (pip takes minutes); `python3 -m uv` needs no PATH entry.
+  python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
+  [ -x .venv/bin/python ] || python3 -m uv venv --quiet .venv --python python3.11
+  python3 -m uv pip install --quiet --python .venv/bin/python -e '.[test]'
 }
 
 case "${1:-}" in
