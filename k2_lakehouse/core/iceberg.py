@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy.exc
-
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+from pyiceberg.expressions import EqualTo
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
@@ -88,3 +91,16 @@ def decode_watermark(raw: str) -> Watermark:
 def watermarked_days(table: Table) -> list[dt.date]:
     """Days this bronze table has committed a watermark for."""
     return sorted(dt.date.fromisoformat(k[len(WATERMARK_PREFIX):]) for k in table.properties if k.startswith(WATERMARK_PREFIX))
+
+
+def partition_batches(table: Table, day: dt.date, columns: list[str] | None = None, *, rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+    """The rows of one day partition, one bounded record batch at a time (pyiceberg's readers buffer whole files).
+
+    Bronze is append-only with one day per data file, so the planned files are exactly the partition.
+    """
+    scan = table.scan(row_filter=EqualTo("trade_date", day.isoformat()))
+    for task in scan.plan_files():
+        if task.delete_files:
+            raise RuntimeError(f"{task.file.file_path} has delete files; bronze tables are append-only")
+        with table.io.new_input(task.file.file_path).open() as stream:
+            yield from pq.ParquetFile(stream).iter_batches(batch_size=rows, columns=columns)

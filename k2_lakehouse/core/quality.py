@@ -6,10 +6,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 import pandera.errors
-from pyiceberg.expressions import EqualTo
 from pyiceberg.table import Table
 
+from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.contracts import HotTable
+
+VALIDATE_ROWS = 200_000  # rows per pandas frame: bounds memory whatever the partition's size
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,7 @@ def validate_bronze(table: Table, hot: HotTable, day: dt.date, *, max_examples: 
     stored = [f.name for f in table.schema().fields]
     if stored != hot.column_names:
         return ContractResult(0, 1, [f"columns {stored} differ from the contract {hot.column_names}"])
-    reader = table.scan(row_filter=EqualTo("trade_date", day.isoformat())).to_arrow_batch_reader()
-    for batch in reader:
+    for batch in iceberg.partition_batches(table, day, rows=VALIDATE_ROWS):
         frame = batch.to_pandas()
         rows += len(frame)
         try:
@@ -42,3 +43,4 @@ def validate_bronze(table: Table, hot: HotTable, day: dt.date, *, max_examples: 
             for case in cases.head(max_examples - len(examples)).itertuples():
                 examples.append(f"{case.column}: {case.check} failed for {case.failure_case!r}")
     return ContractResult(rows, failures, examples)
+

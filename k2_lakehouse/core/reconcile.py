@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass
 import clickhouse_driver
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from pyiceberg.expressions import EqualTo
 from pyiceberg.table import Table
 
+from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.contracts import HotTable
 from k2_lakehouse.core.hot_tier import Watermark
 
@@ -59,31 +58,37 @@ class Reconciliation:
 
 
 def bronze_positions(table: Table, day: dt.date) -> Positions:
-    scan = table.scan(row_filter=EqualTo("trade_date", day.isoformat()), selected_fields=("kafka_partition", "kafka_offset"))
-    keys = _keys(scan.to_arrow())
-    distinct = pc.unique(keys)
+    """Positions in one bronze partition, streamed two columns at a time: 8 bytes of memory per row."""
+    parts = [_keys(batch) for batch in iceberg.partition_batches(table, day, ["kafka_partition", "kafka_offset"])]
+    keys = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint64)
+    distinct = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys  # np.unique hashes: 10x slower
     return Positions(rows=len(keys), distinct=len(distinct), checksum=_wrapping_sum(distinct))
 
 
-def hot_positions(client: clickhouse_driver.Client, hot: HotTable, day: dt.date, upto: Watermark | None = None) -> Positions:
-    """Positions of `day` in the hot tier: all of them, or only those at or below `upto`."""
-    predicate, params = _at_or_below(upto) if upto is not None else ("1", {})
-    (rows, distinct, checksum), = client.execute(
-        "SELECT sum(n), count(), sum(bitShiftLeft(toUInt64(kafka_partition), 40) + kafka_offset) FROM ("
-        f" SELECT kafka_partition, kafka_offset, count() AS n FROM {hot.name}"
-        f" WHERE trade_date = %(day)s AND ({predicate}) GROUP BY kafka_partition, kafka_offset)",
+def hot_positions(
+    client: clickhouse_driver.Client, hot: HotTable, day: dt.date, upto: Watermark
+) -> tuple[Positions, Positions]:
+    """Positions of `day` in the hot tier, all of them and those at or below `upto`, in one pass."""
+    predicate, params = _at_or_below(upto)
+    key = "bitShiftLeft(toUInt64(kafka_partition), 40) + kafka_offset"
+    (rows, distinct, checksum, rows_upto, distinct_upto, checksum_upto), = client.execute(
+        f"SELECT sum(n), count(), sum({key}), sumIf(n, upto), countIf(upto), sumIf({key}, upto) FROM ("
+        f" SELECT kafka_partition, kafka_offset, count() AS n, ({predicate}) AS upto FROM {hot.name}"
+        " WHERE trade_date = %(day)s GROUP BY kafka_partition, kafka_offset)",
         {"day": day, **params},
         settings={"use_numpy": False},
     )
-    return Positions(rows=int(rows or 0), distinct=int(distinct), checksum=int(checksum or 0))
+    return (
+        Positions(rows=int(rows or 0), distinct=int(distinct), checksum=int(checksum or 0)),
+        Positions(rows=int(rows_upto or 0), distinct=int(distinct_upto), checksum=int(checksum_upto or 0)),
+    )
 
 
 def reconcile(
     table: Table, client: clickhouse_driver.Client, hot: HotTable, day: dt.date, watermark: Watermark
 ) -> Reconciliation:
     bronze = bronze_positions(table, day)
-    expected = hot_positions(client, hot, day, upto=watermark)
-    everything = hot_positions(client, hot, day)
+    everything, expected = hot_positions(client, hot, day, watermark)
     return Reconciliation(
         table=".".join(hot.bronze_identifier),
         day=day,
@@ -107,15 +112,15 @@ def _at_or_below(wm: Watermark) -> tuple[str, dict]:
     return " OR ".join(terms), params
 
 
-def _keys(positions: pa.Table) -> pa.Array:
+def _keys(positions: pa.RecordBatch) -> np.ndarray:
     partition = positions.column("kafka_partition").to_numpy().astype(np.uint64)
     offset = positions.column("kafka_offset").to_numpy().astype(np.uint64)
-    return pa.array((partition << np.uint64(40)) + offset)
+    return (partition << np.uint64(40)) + offset
 
 
-def _wrapping_sum(keys: pa.Array) -> int:
+def _wrapping_sum(keys: np.ndarray) -> int:
     # ClickHouse's UInt64 sum wraps at 2**64; numpy's uint64 sum wraps the same way.
-    return int(np.sum(keys.to_numpy(), dtype=np.uint64)) if len(keys) else 0
+    return int(np.sum(keys, dtype=np.uint64))
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ def verify(table: Table, client: clickhouse_driver.Client, hot: HotTable, days: 
     rows = []
     for day in days:
         bronze = bronze_positions(table, day)
-        hot_side = hot_positions(client, hot, day)
+        hot_side, _ = hot_positions(client, hot, day, {})
         rows.append(
             Verification(
                 table=".".join(hot.bronze_identifier),
