@@ -82,11 +82,11 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
             results += reconcile.verify(table, client, hot, sorted(days))
     header = ("table", "day", "hot rows", "hot positions", "bronze rows", "duplicates", "missing", "checksum", "status")
     print(format_table(header, [
-        (r.table, r.day, f"{r.hot_rows:,}", f"{r.hot_positions:,}", f"{r.bronze_rows:,}", r.duplicates, r.missing,
-         "match" if r.checksum_match else "DIFFERS", "ok" if r.ok else "MISMATCH")
+        (r.table, r.day, f"{r.hot_rows:,}", f"{r.hot_positions:,}", f"{r.actual:,}", r.duplicates,
+         r.missing + r.not_yet_offloaded, "match" if r.checksum_match else "DIFFERS", "ok" if r.in_sync else "MISMATCH")
         for r in results
     ]))
-    bad = [r for r in results if not r.ok]
+    bad = [r for r in results if not r.in_sync]
     print(f"{len(results)} table-days checked, {len(bad)} mismatched")
     return 1 if bad else 0
 

@@ -39,7 +39,7 @@ BRONZE_PROPERTIES = {
 def catalog(settings: Settings) -> Catalog:
     try:
         return SqlCatalog(CATALOG_NAME, uri=settings.iceberg_catalog_uri, warehouse=settings.warehouse)
-    except sqlalchemy.exc.IntegrityError:
+    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
         # Two processes created the catalog's own tables at once and this one lost: they exist now.
         return SqlCatalog(CATALOG_NAME, uri=settings.iceberg_catalog_uri, warehouse=settings.warehouse)
 
@@ -49,7 +49,7 @@ def bronze_table(cat: Catalog, hot: HotTable) -> Table:
     namespace, _ = hot.bronze_identifier
     try:
         cat.create_namespace(namespace)
-    except NamespaceAlreadyExistsError:
+    except (NamespaceAlreadyExistsError, sqlalchemy.exc.IntegrityError):  # the latter: another process won the race
         pass
     schema = hot.iceberg_schema
     try:
@@ -62,7 +62,7 @@ def bronze_table(cat: Catalog, hot: HotTable) -> Table:
             ),
             properties={**BRONZE_PROPERTIES, "schema.name-mapping.default": schema.name_mapping.model_dump_json()},
         )
-    except TableAlreadyExistsError:
+    except (TableAlreadyExistsError, sqlalchemy.exc.IntegrityError):
         table = cat.load_table(hot.bronze_identifier)
     if table.properties.get("commit.retry.num-retries") != "0":
         with table.transaction() as tx:  # a table made by an older version: make commits fail loudly

@@ -44,6 +44,16 @@ class Reconciliation:
     missing: int  # expected - distinct (negative: bronze holds positions the hot tier lacks)
     checksum_match: bool
     not_yet_offloaded: int  # distinct hot positions above the watermark (lag, not an error for a check)
+    hot_rows: int  # every hot row of the day, redelivered copies included
+
+    @property
+    def hot_positions(self) -> int:
+        return self.expected + self.not_yet_offloaded
+
+    @property
+    def in_sync(self) -> bool:
+        """Exactly once and nothing left to offload: hot = bronze."""
+        return self.exactly_once and self.not_yet_offloaded == 0
 
     @property
     def difference(self) -> int:
@@ -99,6 +109,7 @@ def reconcile(
         missing=expected.distinct - bronze.distinct,
         checksum_match=expected.checksum == bronze.checksum,
         not_yet_offloaded=everything.distinct - expected.distinct,
+        hot_rows=everything.rows,
     )
 
 
@@ -123,39 +134,7 @@ def _wrapping_sum(keys: np.ndarray) -> int:
     return int(np.sum(keys, dtype=np.uint64))
 
 
-@dataclass(frozen=True)
-class Verification:
-    """Hot against cold for one table and day, counting every hot position (not only up to the watermark)."""
 
-    table: str
-    day: dt.date
-    hot_rows: int  # including redelivered copies
-    hot_positions: int
-    bronze_rows: int
-    duplicates: int
-    missing: int  # hot positions absent from bronze (negative: bronze has positions the hot tier lacks)
-    checksum_match: bool
-
-    @property
-    def ok(self) -> bool:
-        return self.duplicates == 0 and self.missing == 0 and self.checksum_match
-
-
-def verify(table: Table, client: clickhouse_driver.Client, hot: HotTable, days: list[dt.date]) -> list[Verification]:
-    rows = []
-    for day in days:
-        bronze = bronze_positions(table, day)
-        hot_side, _ = hot_positions(client, hot, day, {})
-        rows.append(
-            Verification(
-                table=".".join(hot.bronze_identifier),
-                day=day,
-                hot_rows=hot_side.rows,
-                hot_positions=hot_side.distinct,
-                bronze_rows=bronze.rows,
-                duplicates=bronze.duplicates,
-                missing=hot_side.distinct - bronze.distinct,
-                checksum_match=hot_side.checksum == bronze.checksum,
-            )
-        )
-    return rows
+def verify(table: Table, client: clickhouse_driver.Client, hot: HotTable, days: list[dt.date]) -> list[Reconciliation]:
+    """Hot against cold for each day, at each day's committed watermark."""
+    return [reconcile(table, client, hot, day, iceberg.read_watermark(table, day)) for day in days]

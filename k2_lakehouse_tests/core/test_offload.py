@@ -32,6 +32,20 @@ def _assert_exactly_once(lake: Lake, table, day: dt.date = DAY) -> reconcile.Rec
     return result
 
 
+def _offload_in_a_process(batch_rows: int) -> list[str]:
+    """A separate Python process that offloads DAY, for races and kills."""
+    return [sys.executable, "-c", (
+        "import datetime as dt\n"
+        "from k2_lakehouse.core import hot_tier, iceberg, offload\n"
+        "from k2_lakehouse.core.contracts import BINANCE\n"
+        "from k2_lakehouse.core.settings import Settings\n"
+        "s = Settings.from_env()\n"
+        "t = iceberg.bronze_table(iceberg.catalog(s), BINANCE)\n"
+        f"r = offload.offload_day(t, hot_tier.connect(s), BINANCE, dt.date.fromisoformat('{DAY}'), batch_rows={batch_rows})\n"
+        "print(r.rows)\n"
+    )]
+
+
 def test_rerun_copies_nothing_more(lake: Lake) -> None:
     client = lake.client()
     insert_binance(client, DAY, 0, range(0, 500))
@@ -98,9 +112,8 @@ def test_lost_commit_race_never_duplicates(lake: Lake, monkeypatch: pytest.Monke
     results: list = []
 
     def run(client) -> None:
-        table = _table(lake)
-        try:
-            results.append(offload.offload_day(table, client, BINANCE, DAY))
+        try:  # both create the table on first use, concurrently, as two first runs would
+            results.append(offload.offload_day(_table(lake), client, BINANCE, DAY))
         except BaseException as exc:  # surfaced by the assertion below
             results.append(exc)
 
@@ -110,6 +123,7 @@ def test_lost_commit_race_never_duplicates(lake: Lake, monkeypatch: pytest.Monke
     for t in threads:
         t.join()
     monkeypatch.undo()
+    assert not [r for r in results if isinstance(r, BaseException)], results
     assert sorted(r.rows for r in results) == [0, 1000], results
     loser = next(r for r in results if r.rows == 0)
     assert loser.attempts == 2  # it lost the race, reloaded, found nothing missing
@@ -135,18 +149,8 @@ def test_concurrent_processes(lake: Lake) -> None:
     client = lake.client()
     for partition in range(4):
         insert_binance(client, DAY, partition, range(20_000))
-    code = (
-        "import datetime as dt\n"
-        "from k2_lakehouse.core import hot_tier, iceberg, offload\n"
-        "from k2_lakehouse.core.contracts import BINANCE\n"
-        "from k2_lakehouse.core.settings import Settings\n"
-        "s = Settings.from_env()\n"
-        "t = iceberg.bronze_table(iceberg.catalog(s), BINANCE)\n"
-        f"r = offload.offload_day(t, hot_tier.connect(s), BINANCE, dt.date.fromisoformat('{DAY}'), batch_rows=5000)\n"
-        "print(r.rows)\n"
-    )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **lake.env}, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(_offload_in_a_process(5000), env={**os.environ, **lake.env}, stdout=subprocess.PIPE, text=True)
         for _ in range(3)
     ]
     rows = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
@@ -160,17 +164,8 @@ def test_killed_at_every_step(lake: Lake, point: str) -> None:
     client = lake.client()
     for partition in range(2):
         insert_binance(client, DAY, partition, range(3_000))
-    code = (
-        "import datetime as dt\n"
-        "from k2_lakehouse.core import hot_tier, iceberg, offload\n"
-        "from k2_lakehouse.core.contracts import BINANCE\n"
-        "from k2_lakehouse.core.settings import Settings\n"
-        "s = Settings.from_env()\n"
-        "t = iceberg.bronze_table(iceberg.catalog(s), BINANCE)\n"
-        f"offload.offload_day(t, hot_tier.connect(s), BINANCE, dt.date.fromisoformat('{DAY}'), batch_rows=1000)\n"
-    )
     proc = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **lake.env, "K2_FAILPOINT": point}, timeout=120
+        _offload_in_a_process(1000), env={**os.environ, **lake.env, "K2_FAILPOINT": point}, timeout=120
     )
     assert proc.returncode == -9  # SIGKILL: no cleanup ran
     table = _table(lake)
