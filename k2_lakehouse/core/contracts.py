@@ -118,17 +118,17 @@ class HotTable:
         names = self.column_names
         return tuple(names.index(n) for n in _SORT_KEYS[self.exchange])
 
-    def pandera_schema(self, day: dt.date):
-        """The Pandera contract of one bronze partition (pandas flavour, validated batch by batch)."""
+    def pandera_schema(self, day: dt.date | None = None):
+        """The Pandera contract of a bronze partition `day` (pandas flavour, validated batch by batch)."""
         import pandera.pandas as pa_
 
         def col(c: Column) -> pa_.Column:
             checks = []
-            if c.name == "trade_date":
+            if c.name == "trade_date" and day is not None:
                 checks.append(pa_.Check(lambda s: s == day, error=f"trade_date must equal the partition day {day}"))
             if c.clickhouse_type.startswith("UInt"):
                 checks.append(pa_.Check.ge(0))
-            return pa_.Column(_PANDAS_DTYPES[c.clickhouse_type], checks=checks, nullable=False)
+            return pa_.Column(_PANDAS_DTYPES[c.clickhouse_type], checks=checks, nullable=False, description=c.doc)
 
         return pa_.DataFrameSchema(
             {c.name: col(c) for c in self.columns},

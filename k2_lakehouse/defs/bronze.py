@@ -1,6 +1,7 @@
 """Bronze assets: one factory over the exchanges; each asset offloads one day exactly once."""
 
 import datetime as dt
+import warnings
 
 from dagster import (
     AssetCheckResult,
@@ -10,12 +11,15 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     AssetsDefinition,
+    BetaWarning,
     MaterializeResult,
     MetadataValue,
     TableColumn,
     TableSchema,
     asset,
 )
+
+from dagster_pandera import pandera_schema_to_dagster_type
 
 from k2_lakehouse.core import iceberg, quality, reconcile
 from k2_lakehouse.core.contracts import HOT_TABLES, HotTable
@@ -29,8 +33,17 @@ EXACTLY_ONCE_CHECK = "exactly_once"
 
 
 def column_schema(hot: HotTable) -> TableSchema:
+    """The table's column schema for the UI, derived from its Pandera contract (types, checks, docs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)  # a stable enough conversion for the UI's column view
+        derived = pandera_schema_to_dagster_type(hot.pandera_schema()).metadata["schema"].schema
+    iceberg_types = {f.name: str(f.field_type) for f in hot.iceberg_schema.fields}  # not pandas' dtypes
     return TableSchema(
-        columns=[TableColumn(c.name, str(c.arrow_type), description=c.doc) for c in hot.columns]
+        columns=[
+            TableColumn(c.name, iceberg_types[c.name], description=c.description, constraints=c.constraints)
+            for c in derived.columns
+        ],
+        constraints=derived.constraints,
     )
 
 

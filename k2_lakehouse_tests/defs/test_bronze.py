@@ -51,6 +51,10 @@ def test_definitions_load_and_validate() -> None:
         node = graph.get(key)
         assert node.group_name == "bronze"
         assert node.partitions_def is not None and node.partitions_def.get_partition_keys()[0] == "2024-01-01"
+    schema = graph.get(BINANCE_KEY).metadata["dagster/column_schema"]
+    columns = {c.name: c for c in schema.columns}
+    assert list(columns) == BINANCE.column_names  # derived from the one contract
+    assert columns["kafka_offset"].type == "long" and ">= 0" in columns["kafka_offset"].constraints.other
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {
         (f"bronze/trades_{exchange}", name) for exchange in ("binance", "kraken") for name in ("exactly_once", "pandera_contract")
