@@ -101,7 +101,7 @@ def offload_day(
         while True:  # commit; on a lost race keep our files only while nobody moved our watermark
             try:
                 snapshot_id = _commit(table, day, written, after, summary)
-            except CommitFailedException as exc:
+            except CommitFailedException as exc:  # any other error leaves the commit's fate unknown: keep the files
                 table = reload()
                 if iceberg.read_watermark(table, day) == before:
                     log.info("commit race lost to a writer of another partition (%s); committing again", exc)
