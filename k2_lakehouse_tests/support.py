@@ -83,7 +83,7 @@ def new_lake(base: Settings, root: Path) -> Lake:
     return Lake(settings, {**settings.exports(), "K2_HOME": str(base.home)})
 
 
-def insert_binance(client, day, partition: int, offsets, *, price: str = "100.00000000", table: str = "bronze_trades_binance") -> None:
+def insert_binance(client, day, partition: int, offsets, *, price: str = "100.00000000") -> None:
     """Write hand-made Binance messages at the given feed positions (repeat an offset for a redelivery)."""
     import datetime as dt
 
@@ -102,4 +102,4 @@ def insert_binance(client, day, partition: int, offsets, *, price: str = "100.00
         np.full(n, np.datetime64(day, "D")), np.full(n, partition, dtype=np.uint32), offsets,
         np.full(n, np.datetime64(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), "s")),
     ]
-    client.execute(f"INSERT INTO {table} ({', '.join(BINANCE.column_names)}) VALUES", columns, columnar=True)
+    client.execute(f"INSERT INTO {BINANCE.name} ({', '.join(BINANCE.column_names)}) VALUES", columns, columnar=True)

@@ -21,7 +21,7 @@ from dagster import (
 
 from dagster_pandera import pandera_schema_to_dagster_type
 
-from k2_lakehouse.core import iceberg, quality, reconcile
+from k2_lakehouse.core import hot_tier, iceberg, quality, reconcile
 from k2_lakehouse.core.contracts import HOT_TABLES, HotTable
 from k2_lakehouse.core.hot_tier import Watermark, hot_tier_errors
 from k2_lakehouse.core.offload import offload_day
@@ -70,8 +70,8 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
         day = dt.date.fromisoformat(context.partition_key)
         settings = lakehouse.settings()
         with hot_tier_errors(settings):
-            client = lakehouse.hot_client()
-            table = iceberg.bronze_table(lakehouse.catalog(), hot)
+            client = hot_tier.connect(settings)
+            table = iceberg.bronze_table(iceberg.catalog(settings), hot)
             recorded = _dagster_watermark(context, key)
             truth = iceberg.read_watermark(table, day)
             if recorded != truth:
