@@ -1,11 +1,13 @@
-"""The one Definitions object of the code location (workspace.yaml loads it)."""
+"""The code location's Definitions (workspace.yaml loads it): each layer's own, merged, plus shared resources."""
 
 from dagster import Definitions
 
-from k2_lakehouse.defs.bronze import bronze_assets
+from k2_lakehouse.defs import bronze, gold, silver
 from k2_lakehouse.defs.resources import LakehouseResource
 
-defs = Definitions(
-    assets=bronze_assets,
-    resources={"lakehouse": LakehouseResource()},
+defs = Definitions.merge(
+    bronze.defs,
+    silver.defs,
+    gold.defs,
+    Definitions(resources={"lakehouse": LakehouseResource()}),
 )

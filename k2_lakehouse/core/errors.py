@@ -19,3 +19,11 @@ class HotTierUnavailable(K2Error):
 
 class OffloadConflict(K2Error):
     """Concurrent writers kept winning the commit race; the run gave up without committing."""
+
+
+class PublishConflict(K2Error):
+    """Concurrent writers kept moving a table's `main` while a partition waited to be published."""
+
+
+class AuditFailed(K2Error):
+    """A write-audit-publish check failed: `main` was left exactly as it was."""

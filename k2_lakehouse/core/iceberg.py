@@ -15,21 +15,20 @@ import pyarrow.parquet as pq
 import sqlalchemy.exc
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
-from pyiceberg.expressions import EqualTo
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, TableAlreadyExistsError
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
 from pyiceberg.table import Table
-from pyiceberg.table.sorting import SortField, SortOrder
-from pyiceberg.transforms import IdentityTransform
 
-from k2_lakehouse.core.contracts import HotTable
+from k2_lakehouse.core.contracts import HotTable, TableContract
 from k2_lakehouse.core.hot_tier import Watermark
 from k2_lakehouse.core.settings import CATALOG_NAME, Settings
 
 WATERMARK_PREFIX = "k2.watermark."
 # pyiceberg retries a commit that lost the race by re-applying it on the new snapshot: for an append that
-# duplicates rows. Bronze turns it off and retries itself, knowing the watermark (DESIGN §5.3).
+# duplicates rows, for a publish it could move `main` over another writer's. Every K2 table turns it off
+# and retries itself: bronze knowing the watermark (DESIGN §5.3), silver and gold by re-staging.
 NO_RETRY = {"commit.retry.num-retries": "0"}
-BRONZE_PROPERTIES = {
+TABLE_PROPERTIES = {
     **NO_RETRY,
     "write.parquet.compression-codec": "zstd",
     "format-version": "2",
@@ -44,31 +43,46 @@ def catalog(settings: Settings) -> Catalog:
         return SqlCatalog(CATALOG_NAME, uri=settings.iceberg_catalog_uri, warehouse=settings.warehouse)
 
 
-def bronze_table(cat: Catalog, hot: HotTable) -> Table:
-    """Load the bronze table for `hot`, creating it (and its namespace) on first use."""
-    namespace, _ = hot.bronze_identifier
+def ensure_table(cat: Catalog, contract: TableContract, *, branches: bool = False) -> Table:
+    """Load the Iceberg table of `contract`, creating it (and its namespace) on first use.
+
+    `branches`: the table is written through audit branches (write-audit-publish); a branch needs a parent
+    snapshot, so a new table gets an empty first snapshot.
+    """
     try:
-        cat.create_namespace(namespace)
+        cat.create_namespace(contract.namespace)
     except (NamespaceAlreadyExistsError, sqlalchemy.exc.IntegrityError):  # the latter: another process won the race
         pass
-    schema = hot.iceberg_schema
+    schema = contract.iceberg_schema
     try:
         table = cat.create_table(
-            hot.bronze_identifier,
+            contract.identifier,
             schema=schema,
-            partition_spec=hot.partition_spec,
-            sort_order=SortOrder(
-                *(SortField(source_id=schema.find_field(n).field_id, transform=IdentityTransform()) for n in hot.sort_columns)
-            ),
-            properties={**BRONZE_PROPERTIES, "schema.name-mapping.default": schema.name_mapping.model_dump_json()},
+            partition_spec=contract.partition_spec,
+            sort_order=contract.sort_order,
+            properties={
+                **TABLE_PROPERTIES, **contract.properties,
+                # Parquet files written by the engines carry no field ids: columns are matched by name.
+                "schema.name-mapping.default": schema.name_mapping.model_dump_json(),
+            },
         )
     except (TableAlreadyExistsError, sqlalchemy.exc.IntegrityError):
-        table = cat.load_table(hot.bronze_identifier)
+        table = cat.load_table(contract.identifier)
     if table.properties.get("commit.retry.num-retries") != "0":
         with table.transaction() as tx:  # a table made by an older version: make commits fail loudly
             tx.set_properties(NO_RETRY)
-        table = cat.load_table(hot.bronze_identifier)
+        table = cat.load_table(contract.identifier)
+    if branches and table.current_snapshot() is None:
+        try:
+            table.append(contract.arrow_schema.empty_table(), snapshot_properties={"k2.operation": "create"})
+        except CommitFailedException:  # another process made the first snapshot
+            pass
+        table = cat.load_table(contract.identifier)
     return table
+
+
+def bronze_table(cat: Catalog, hot: HotTable) -> Table:
+    return ensure_table(cat, hot.bronze)
 
 
 def watermark_key(day: dt.date) -> str:
@@ -93,14 +107,40 @@ def watermarked_days(table: Table) -> list[dt.date]:
     return sorted(dt.date.fromisoformat(k[len(WATERMARK_PREFIX):]) for k in table.properties if k.startswith(WATERMARK_PREFIX))
 
 
-def partition_batches(table: Table, day: dt.date, columns: list[str] | None = None, *, rows: int = 200_000) -> Iterator[pa.RecordBatch]:
-    """The rows of one day partition, one bounded record batch at a time (pyiceberg's readers buffer whole files).
+def day_filter(contract: TableContract, day: dt.date) -> BooleanExpression:
+    """The rows of one day partition (the partition transform is day(day_column))."""
+    column = contract.column(contract.day_column)
+    if pa.types.is_date(column.type):
+        return EqualTo(column.name, day.isoformat())
+    start, end = contract.day_bounds(day)
+    return And(GreaterThanOrEqual(column.name, start.isoformat()), LessThan(column.name, end.isoformat()))
 
-    Bronze is append-only with one day per data file, so the planned files are exactly the partition.
+
+def partition_files(table: Table, contract: TableContract, day: dt.date, snapshot_id: int | None = None) -> list[str]:
+    """The data files of one day partition at a snapshot (default: main's current one).
+
+    K2 writes one day per data file and never writes delete files, so the planned files are exactly the partition.
     """
-    scan = table.scan(row_filter=EqualTo("trade_date", day.isoformat()))
+    scan = table.scan(row_filter=day_filter(contract, day), snapshot_id=snapshot_id)
+    paths = []
     for task in scan.plan_files():
         if task.delete_files:
-            raise RuntimeError(f"{task.file.file_path} has delete files; bronze tables are append-only")
-        with table.io.new_input(task.file.file_path).open() as stream:
+            raise RuntimeError(f"{task.file.file_path} has delete files; K2 tables are written whole-file only")
+        paths.append(task.file.file_path)
+    return paths
+
+
+def partition_batches(
+    table: Table, contract: TableContract, day: dt.date, columns: list[str] | None = None, *,
+    rows: int = 200_000, snapshot_id: int | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The rows of one day partition, one bounded record batch at a time (pyiceberg's readers buffer whole files)."""
+    for path in partition_files(table, contract, day, snapshot_id):
+        with table.io.new_input(path).open() as stream:
             yield from pq.ParquetFile(stream).iter_batches(batch_size=rows, columns=columns)
+
+
+def snapshot_id(table: Table) -> int | None:
+    """Main's current snapshot id; None while the table has none."""
+    snapshot = table.current_snapshot()
+    return snapshot.snapshot_id if snapshot else None

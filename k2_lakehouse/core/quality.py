@@ -1,39 +1,50 @@
-"""Contract validation: a bronze partition against its Pandera schema, streamed batch by batch."""
+"""Contract validation: one day partition of any table against its contract.
+
+Types, nullability and value rules are checked by the contract's Pandera schema over Arrow-backed
+frames, batch by batch (memory stays one batch); the unique key is checked over the whole partition
+by DuckDB, which spills to disk rather than hold the day in memory.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
 
+import pandas as pd
 import pandera.errors
 from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg
-from k2_lakehouse.core.contracts import HotTable
+from k2_lakehouse.core.contracts import TableContract, validate_identifier
+from k2_lakehouse.core.engine import DuckDBEngine
 
-VALIDATE_ROWS = 200_000  # rows per pandas frame: bounds memory whatever the partition's size
+VALIDATE_ROWS = 500_000  # rows per frame: bounds memory whatever the partition's size
 
 
 @dataclass(frozen=True)
 class ContractResult:
     rows_checked: int
-    failure_cases: int
+    failure_cases: int  # Pandera's failure cases, over every batch
+    duplicate_keys: int  # rows beyond the first for each value of the unique key, over the whole partition
     examples: list[str] = field(default_factory=list)  # a few failure cases, for the UI
 
     @property
     def passed(self) -> bool:
-        return self.failure_cases == 0
+        return self.failure_cases == 0 and self.duplicate_keys == 0
 
 
-def validate_bronze(table: Table, hot: HotTable, day: dt.date, *, max_examples: int = 5) -> ContractResult:
-    schema = hot.pandera_schema(day)
+def validate_partition(
+    table: Table, contract: TableContract, day: dt.date, *, snapshot_id: int | None = None, max_examples: int = 5
+) -> ContractResult:
+    stored = [f.name for f in table.schema().fields]
+    if stored != contract.column_names:
+        return ContractResult(0, 1, 0, [f"columns {stored} differ from the contract {contract.column_names}"])
+    schema = contract.pandera_schema(day)
     rows = failures = 0
     examples: list[str] = []
-    stored = [f.name for f in table.schema().fields]
-    if stored != hot.column_names:
-        return ContractResult(0, 1, [f"columns {stored} differ from the contract {hot.column_names}"])
-    for batch in iceberg.partition_batches(table, day, rows=VALIDATE_ROWS):
-        frame = batch.to_pandas()
+    paths = iceberg.partition_files(table, contract, day, snapshot_id)
+    for batch in iceberg.partition_batches(table, contract, day, rows=VALIDATE_ROWS, snapshot_id=snapshot_id):
+        frame = batch.to_pandas(types_mapper=pd.ArrowDtype)
         rows += len(frame)
         try:
             schema.validate(frame, lazy=True)
@@ -42,5 +53,20 @@ def validate_bronze(table: Table, hot: HotTable, day: dt.date, *, max_examples: 
             failures += len(cases)
             for case in cases.head(max_examples - len(examples)).itertuples():
                 examples.append(f"{case.column}: {case.check} failed for {case.failure_case!r}")
-    return ContractResult(rows, failures, examples)
+    duplicates = duplicate_keys(paths, contract)
+    if duplicates:
+        examples.append(f"{duplicates} rows repeat a key {contract.unique} already present in the partition")
+    return ContractResult(rows, failures, duplicates, examples)
 
+
+def duplicate_keys(paths: list[str], contract: TableContract) -> int:
+    """Rows that repeat a value of the contract's unique key, over every file of a partition."""
+    if not paths:
+        return 0
+    key = ", ".join(validate_identifier(c) for c in contract.unique)
+    with DuckDBEngine() as engine:
+        engine.register_files("partition_rows", paths, contract.arrow_schema)
+        (extra,), = engine.con.execute(
+            f"SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT {key} FROM partition_rows)) FROM partition_rows"
+        ).fetchall()
+    return int(extra)

@@ -1,7 +1,6 @@
 """Bronze assets: one factory over the exchanges; each asset offloads one day exactly once."""
 
 import datetime as dt
-import warnings
 
 from dagster import (
     AssetCheckResult,
@@ -11,40 +10,23 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     AssetsDefinition,
-    BetaWarning,
+    DataVersion,
+    Definitions,
     MaterializeResult,
     MetadataValue,
-    TableColumn,
-    TableSchema,
     asset,
 )
 
-from dagster_pandera import pandera_schema_to_dagster_type
-
 from k2_lakehouse.core import hot_tier, iceberg, quality, reconcile
+from k2_lakehouse.core.audit import CONTRACT_CHECK, contract_outcome
 from k2_lakehouse.core.contracts import HOT_TABLES, HotTable
 from k2_lakehouse.core.hot_tier import Watermark, hot_tier_errors
 from k2_lakehouse.core.offload import offload_day
 from k2_lakehouse.defs.partitions import daily_partitions
+from k2_lakehouse.defs.reporting import check_result, table_metadata
 from k2_lakehouse.defs.resources import LakehouseResource
 
-CONTRACT_CHECK = "pandera_contract"
 EXACTLY_ONCE_CHECK = "exactly_once"
-
-
-def column_schema(hot: HotTable) -> TableSchema:
-    """The table's column schema for the UI, derived from its Pandera contract (types, checks, docs)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BetaWarning)  # a stable enough conversion for the UI's column view
-        derived = pandera_schema_to_dagster_type(hot.pandera_schema()).metadata["schema"].schema
-    iceberg_types = {f.name: str(f.field_type) for f in hot.iceberg_schema.fields}  # not pandas' dtypes
-    return TableSchema(
-        columns=[
-            TableColumn(c.name, iceberg_types[c.name], description=c.description, constraints=c.constraints)
-            for c in derived.columns
-        ],
-        constraints=derived.constraints,
-    )
 
 
 def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
@@ -57,9 +39,10 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
         kinds={"iceberg", "clickhouse"},
         description=f"Exact copy of ClickHouse k2.{hot.name} in Iceberg, one row per feed position, "
         "offloaded incrementally and exactly once.",
-        metadata={"dagster/column_schema": column_schema(hot), "dagster/table_name": ".".join(hot.bronze_identifier)},
+        metadata=table_metadata(hot.bronze),
         check_specs=[
-            AssetCheckSpec(CONTRACT_CHECK, asset=key, blocking=True, description="Pandera table contract"),
+            AssetCheckSpec(CONTRACT_CHECK, asset=key, blocking=True,
+                           description="Pandera table contract; (kafka_partition, kafka_offset) unique over the day"),
             AssetCheckSpec(EXACTLY_ONCE_CHECK, asset=key, blocking=True,
                            description="bronze rows = distinct feed positions = hot positions up to the watermark"),
         ],
@@ -81,7 +64,7 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
                 )
             result = offload_day(table, client, hot, day, batch_rows=settings.batch_rows, run_id=context.run_id)
             recon = reconcile.reconcile(table, client, hot, day, result.watermark_after)
-        contract = quality.validate_bronze(table, hot, day)
+        contract = quality.validate_partition(table, hot.bronze, day)
         context.log.info(
             f"{hot.name} {day}: {result.rows:,} rows appended in {result.duration_s:.2f}s "
             f"({result.rows_per_s:,.0f} rows/s); watermark {result.watermark_before} -> {result.watermark_after}"
@@ -101,7 +84,9 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
                 "duration_s": round(result.duration_s, 3),
                 "commit_attempts": result.attempts,
             },
-            check_results=[_contract_result(contract), _exactly_once_result(recon)],
+            check_results=[check_result(hot.bronze, contract_outcome(contract, hot.bronze)), _exactly_once_result(recon)],
+            # The watermark moves exactly when rows are added to the day: silver and gold of the day go stale.
+            data_version=DataVersion(iceberg.encode_watermark(result.watermark_after)),
         )
 
     return bronze_trades
@@ -114,19 +99,6 @@ def _dagster_watermark(context: AssetExecutionContext, key: AssetKey) -> Waterma
     ).records
     entry = records[0].asset_materialization.metadata.get("watermark") if records else None
     return {int(p): int(o) for p, o in entry.value.items()} if entry is not None else {}
-
-
-def _contract_result(contract: quality.ContractResult) -> AssetCheckResult:
-    return AssetCheckResult(
-        check_name=CONTRACT_CHECK,
-        passed=contract.passed,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "rows_checked": contract.rows_checked,
-            "failure_cases": contract.failure_cases,
-            "examples": MetadataValue.md("\n".join(f"- {e}" for e in contract.examples) or "none"),
-        },
-    )
 
 
 def _exactly_once_result(recon: reconcile.Reconciliation) -> AssetCheckResult:
@@ -148,3 +120,4 @@ def _exactly_once_result(recon: reconcile.Reconciliation) -> AssetCheckResult:
 
 
 bronze_assets = [build_bronze_asset(hot) for hot in HOT_TABLES.values()]
+defs = Definitions(assets=bronze_assets)

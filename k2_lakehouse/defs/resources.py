@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from dagster import ConfigurableResource
+from pyiceberg.catalog import Catalog
 
+from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.settings import Settings
 
 
@@ -19,3 +21,6 @@ class LakehouseResource(ConfigurableResource):
         if self.batch_rows:
             settings = dataclasses.replace(settings, batch_rows=self.batch_rows)
         return settings
+
+    def catalog(self) -> Catalog:
+        return iceberg.catalog(self.settings())

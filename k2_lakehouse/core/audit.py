@@ -1,0 +1,138 @@
+"""Checks with numbers, and the write-audit-publish of a layer step's tables.
+
+Every check reports what it expected, what it found and the difference, not just pass/fail. A layer
+step (silver or gold, one day) writes each of its tables, stages them on audit branches, runs its checks
+against the branches and publishes every table only if every check passed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyiceberg.table import Table
+
+from k2_lakehouse.core import iceberg, publish, quality
+from k2_lakehouse.core.contracts import TableContract
+from k2_lakehouse.core.engine import DuckDBEngine
+
+Scalar = int | float | str | bool
+
+CONTRACT_CHECK = "pandera_contract"
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    expected: Scalar
+    actual: Scalar
+    details: dict[str, Scalar] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def difference(self) -> Scalar:
+        if isinstance(self.expected, int) and isinstance(self.actual, int):
+            return self.actual - self.expected
+        return "" if self.passed else "differs"
+
+    def summary(self) -> str:
+        return f"{self.name}: expected={self.expected} actual={self.actual} difference={self.difference}"
+
+
+def contract_outcome(result: quality.ContractResult, contract: TableContract) -> CheckOutcome:
+    return CheckOutcome(
+        CONTRACT_CHECK, result.passed, expected=0, actual=result.failure_cases + result.duplicate_keys,
+        details={
+            "rows_checked": result.rows_checked,
+            "failure_cases": result.failure_cases,
+            f"duplicate_keys {tuple(contract.unique)}": result.duplicate_keys,
+            "examples": "\n".join(f"- {e}" for e in result.examples) or "none",
+        },
+        description=f"Pandera contract of {contract.qualified_name}; key {tuple(contract.unique)} unique over the day",
+    )
+
+
+@dataclass(frozen=True)
+class TableResult:
+    """What one layer step did to one table's day partition."""
+
+    contract: TableContract
+    day: dt.date
+    rows: int
+    files: int
+    bytes_written: int
+    published: bool
+    snapshot_id: int | None  # main after the step (unchanged when the audit failed)
+    upstream: dict[str, int | None]  # upstream table -> the snapshot id this partition was computed from
+    data_version: str  # identifies the inputs: the same inputs give the same rows
+    checks: list[CheckOutcome]
+    duration_s: float
+    publish_attempts: int
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def bytes_per_row(self) -> float:
+        return self.bytes_written / self.rows if self.rows else 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.duration_s if self.duration_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Output:
+    """One table's day as a layer step produced it, before audit."""
+
+    table: Table
+    contract: TableContract
+    written: publish.Written
+
+
+Audit = Callable[[dict[str, publish.Staged], DuckDBEngine], dict[str, list[CheckOutcome]]]
+
+
+def write_audit_publish(
+    outputs: list[Output], day: dt.date, engine: DuckDBEngine, audit: Audit, *,
+    summary: dict[str, str], upstream: dict[str, int | None], data_version: str, started: float,
+) -> dict[str, TableResult]:
+    """Stage every output, audit them all, publish them all only if every check passed."""
+    staged: dict[str, publish.Staged] = {}
+    try:
+        for out in outputs:
+            staged[out.contract.qualified_name] = publish.stage(out.table, out.contract, day, out.written, summary)
+        checks = audit(staged, engine)
+        for name, s in staged.items():
+            checks[name] = [contract_outcome(quality.validate_partition(s.table, s.contract, day, snapshot_id=s.snapshot_id), s.contract), *checks.get(name, [])]
+    except BaseException:
+        for s in staged.values():
+            publish.discard(s)
+        raise
+    passed = all(c.passed for outcomes in checks.values() for c in outcomes)
+    results = {}
+    for name, s in staged.items():
+        if passed:
+            snapshot, attempts = publish.publish(s)
+        else:
+            publish.discard(s)
+            snapshot, attempts = iceberg.snapshot_id(s.table.refresh()), 0
+        results[name] = TableResult(
+            s.contract, day, s.written.rows, len(s.written.paths), s.written.bytes, passed, snapshot,
+            upstream, data_version, checks[name], time.perf_counter() - started, attempts,
+        )
+    return results
+
+
+def failed_checks(results: dict[str, TableResult]) -> list[str]:
+    return [f"{r.contract.qualified_name} {r.day} {c.summary()}" for r in results.values() for c in r.checks if not c.passed]
+
+
+def audit_view(engine: DuckDBEngine, name: str, staged: publish.Staged) -> None:
+    """Bind the audited rows of a staged table (its branch snapshot, read back from storage) as a view."""
+    paths = iceberg.partition_files(staged.table, staged.contract, staged.day, staged.snapshot_id)
+    engine.register_files(name, paths, staged.contract.arrow_schema)

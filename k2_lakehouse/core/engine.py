@@ -1,0 +1,81 @@
+"""The single-node engine: DuckDB in process, over the Parquet files of Iceberg partitions.
+
+Transforms and checks are SQL texts (`core/sql/*.sql`, DuckDB's dialect, kept to a subset that sqlglot
+transpiles for Spark). An engine binds named inputs (a partition's files, a small Arrow table) as
+views, runs a text, and hands back Arrow: whole for small results, as a stream of record batches for
+large ones, so memory holds a batch and DuckDB's own (bounded, spilling) operator state.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from functools import cache
+from importlib import resources
+from urllib.parse import urlsplit
+
+import duckdb
+import pyarrow as pa
+
+from k2_lakehouse.core.contracts import validate_identifier
+
+THREADS = 2  # this machine's cores; DuckDB would take them all anyway
+MEMORY_LIMIT = "1GB"  # DuckDB spills sorts and hash tables to disk past this: memory does not grow with the day
+
+
+@cache
+def sql_text(name: str) -> str:
+    """The SQL text `core/sql/<name>.sql`."""
+    return resources.files("k2_lakehouse.core").joinpath("sql", f"{validate_identifier(name)}.sql").read_text()
+
+
+def local_path(uri: str) -> str:
+    """A warehouse file location as DuckDB reads it (file:// URIs become paths; others pass through)."""
+    parts = urlsplit(uri)
+    return parts.path if parts.scheme == "file" else uri
+
+
+class DuckDBEngine:
+    """One DuckDB connection per layer step; a context manager so its temp files go with it."""
+
+    name = "duckdb"
+
+    def __init__(self, *, threads: int = THREADS, memory_limit: str = MEMORY_LIMIT) -> None:
+        self._spill = tempfile.TemporaryDirectory(prefix="k2-duckdb-")
+        self.con = duckdb.connect(config={
+            "threads": threads, "memory_limit": memory_limit, "temp_directory": self._spill.name,
+            "preserve_insertion_order": False,  # every text that needs an order says ORDER BY
+        })
+        # Timestamps with time zone are UTC on every layer (ICU is built in, but only loads after connect).
+        self.con.execute("SET TimeZone = 'UTC'")
+
+    def __enter__(self) -> DuckDBEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+        self._spill.cleanup()
+
+    def register_files(self, name: str, paths: list[str], schema: pa.Schema) -> None:
+        """Bind Parquet files as view `name`; no files gives an empty view of `schema`."""
+        if not paths:
+            self.register_arrow(name, schema.empty_table())
+            return
+        self.con.read_parquet([local_path(p) for p in paths]).create_view(validate_identifier(name), replace=True)
+
+    def register_arrow(self, name: str, table: pa.Table) -> None:
+        self.con.register(validate_identifier(name), table)
+
+    def define_view(self, name: str, sql: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {validate_identifier(name)} AS {sql}")
+
+    def arrow(self, sql: str) -> pa.Table:
+        return self.con.execute(sql).to_arrow_table()
+
+    def batches(self, sql: str, rows: int = 500_000) -> Iterator[pa.RecordBatch]:
+        """A large result as a stream: DuckDB produces the next batch while the caller writes this one."""
+        yield from self.con.execute(sql).fetch_record_batch(rows)
+

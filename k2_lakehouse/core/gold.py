@@ -1,0 +1,107 @@
+"""Gold: OHLCV bars of one day at six intervals, from one read of the silver day.
+
+`build_gold_day` is the one core call of the gold step: the finest bars come from the silver trades,
+each coarser interval from the one below it (they divide each other), so silver is scanned once; the
+six tables are write-audit-published together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import time
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+
+from k2_lakehouse.core import iceberg, publish
+from k2_lakehouse.core.audit import CheckOutcome, Output, TableResult, audit_view, write_audit_publish
+from k2_lakehouse.core.contracts import GOLD_TABLES, INTERVALS, PRICE, SILVER_TRADES, Interval
+from k2_lakehouse.core.engine import DuckDBEngine, sql_text
+from k2_lakehouse.core.silver import data_version, lineage_summary, partition_day
+
+SILVER_CHECK = "matches_silver"
+FINER_CHECK = "agrees_with_finer"
+_VWAP = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
+_EIGHT_PLACES = decimal.Decimal("1e-8")
+
+
+def build_gold_day(cat: Catalog, day: dt.date, *, run_id: str = "", intervals: tuple[Interval, ...] = INTERVALS) -> dict[str, TableResult]:
+    """Compute every interval (each coarser one needs the finer), write-audit-publish those asked for."""
+    started = time.perf_counter()
+    silver = iceberg.ensure_table(cat, SILVER_TRADES, branches=True)
+    upstream = {SILVER_TRADES.qualified_name: iceberg.snapshot_id(silver)}
+    tables = {i.name: iceberg.ensure_table(cat, GOLD_TABLES[i.name], branches=True) for i in intervals}
+    with DuckDBEngine() as eng:
+        eng.register_files("silver_trades", iceberg.partition_files(silver, SILVER_TRADES, day, upstream[SILVER_TRADES.qualified_name]), SILVER_TRADES.arrow_schema)
+        eng.register_arrow("partition_day", partition_day(day))
+        bars = compute_bars(eng)
+        outputs = [
+            Output(tables[i.name], GOLD_TABLES[i.name], publish.write_files(tables[i.name], GOLD_TABLES[i.name], day, bars[i.name].to_batches()))
+            for i in intervals
+        ]
+        return write_audit_publish(
+            outputs, day, eng, _audit, summary=lineage_summary(run_id, day, upstream), upstream=upstream,
+            data_version=data_version({k: str(v) for k, v in upstream.items()}), started=started,
+        )
+
+
+def compute_bars(engine: DuckDBEngine) -> dict[str, pa.Table]:
+    """Bars of every interval from the `silver_trades` view, finest first."""
+    engine.register_arrow("bar_interval", pa.table({"micros": [INTERVALS[0].micros]}))
+    bars = {INTERVALS[0].name: with_vwap(engine.arrow(sql_text("gold_bars_from_trades")))}
+    for finer, coarser in zip(INTERVALS, INTERVALS[1:]):
+        bars[coarser.name] = rollup(engine, bars[finer.name], coarser)
+    return bars
+
+
+def rollup(engine: DuckDBEngine, finer: pa.Table, coarser: Interval) -> pa.Table:
+    engine.register_arrow("finer_bars", finer)
+    engine.register_arrow("bar_interval", pa.table({"micros": [coarser.micros]}))
+    return with_vwap(engine.arrow(sql_text("gold_bars_from_bars")))
+
+
+def with_vwap(bars: pa.Table) -> pa.Table:
+    """Add `vwap` = quote_volume / volume, rounded half-even to 8 decimals, in exact decimal arithmetic.
+
+    Neither DuckDB (which divides decimals as doubles) nor Spark (which trims the scale of wide decimal
+    quotients) divides exactly, and bars are few (one per symbol and window), so Python's decimal does it.
+    """
+    quotes, volumes = bars.column("quote_volume").to_pylist(), bars.column("volume").to_pylist()
+    vwap = [_VWAP.divide(q, v).quantize(_EIGHT_PLACES, context=_VWAP) for q, v in zip(quotes, volumes)]
+    at = bars.schema.get_field_index("trade_count")
+    return bars.add_column(at, pa.field("vwap", PRICE, nullable=False), pa.array(vwap, PRICE))
+
+
+def _audit(staged: dict[str, publish.Staged], engine: DuckDBEngine) -> dict[str, list[CheckOutcome]]:
+    checks: dict[str, list[CheckOutcome]] = {}
+    names = {s.contract.name.removeprefix("ohlcv_"): name for name, s in staged.items()}
+    for interval in INTERVALS:
+        if interval.name not in names:
+            continue
+        name = names[interval.name]
+        audit_view(engine, "gold_bars", staged[name])
+        row = engine.arrow(sql_text("check_gold_against_silver")).to_pylist()[0]
+        checks[name] = [CheckOutcome(
+            SILVER_CHECK, row["mismatched_groups"] == 0, expected=int(row["silver_trades"]), actual=int(row["gold_trades"]),
+            details={**row, "interval": interval.name},
+            description="trade counts, volumes and quote volumes per exchange and symbol equal silver's",
+        )]
+    for finer, coarser in zip(INTERVALS, INTERVALS[1:]):
+        if finer.name in names and coarser.name in names:
+            checks[names[coarser.name]].append(_agrees(engine, staged[names[finer.name]], staged[names[coarser.name]], coarser))
+    return checks
+
+
+def _agrees(engine: DuckDBEngine, finer: publish.Staged, coarser: publish.Staged, interval: Interval) -> CheckOutcome:
+    """The coarser table as written against the finer table as written, rolled up."""
+    audit_view(engine, "fine_written", finer)
+    expected = rollup(engine, engine.arrow("SELECT * FROM fine_written"), interval)
+    engine.register_arrow("expected_bars", expected)
+    audit_view(engine, "actual_bars", coarser)
+    row = engine.arrow(sql_text("check_bars_equal")).to_pylist()[0]
+    return CheckOutcome(
+        FINER_CHECK, row["mismatched_windows"] == 0, expected=int(row["expected_windows"]), actual=int(row["actual_windows"]),
+        details={**row, "finer": finer.contract.qualified_name},
+        description=f"every {interval.name} bar equals the roll-up of the finer bars of {finer.contract.qualified_name}",
+    )

@@ -1,0 +1,106 @@
+"""From core results to what Dagster records: check results with their numbers, materialization metadata,
+column schemas derived from the table contracts."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    BetaWarning,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+)
+from dagster_pandera import pandera_schema_to_dagster_type
+
+from k2_lakehouse.core.audit import CheckOutcome, TableResult, failed_checks
+from k2_lakehouse.core.contracts import TableContract
+
+
+def asset_key(contract: TableContract) -> AssetKey:
+    return AssetKey(contract.asset_path)
+
+
+def column_schema(contract: TableContract) -> TableSchema:
+    """The table's column schema for the UI, derived from its Pandera contract (types, checks, docs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)  # a stable enough conversion for the UI's column view
+        derived = pandera_schema_to_dagster_type(contract.pandera_schema()).metadata["schema"].schema
+    iceberg_types = {f.name: str(f.field_type) for f in contract.iceberg_schema.fields}  # not pandas' dtypes
+    return TableSchema(
+        columns=[
+            TableColumn(c.name, iceberg_types[c.name], description=c.description, constraints=c.constraints)
+            for c in derived.columns
+        ],
+        constraints=derived.constraints,
+    )
+
+
+def table_metadata(contract: TableContract) -> dict:
+    return {"dagster/column_schema": column_schema(contract), "dagster/table_name": contract.qualified_name}
+
+
+def check_spec(contract: TableContract, name: str, description: str) -> AssetCheckSpec:
+    return AssetCheckSpec(name, asset=asset_key(contract), blocking=True, description=description)
+
+
+def check_result(contract: TableContract, outcome: CheckOutcome) -> AssetCheckResult:
+    return AssetCheckResult(
+        asset_key=asset_key(contract),
+        check_name=outcome.name,
+        passed=outcome.passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=outcome.description or None,
+        metadata={
+            "expected": outcome.expected, "actual": outcome.actual, "difference": outcome.difference,
+            **{k: MetadataValue.md(v) if k == "examples" else v for k, v in outcome.details.items()},
+        },
+    )
+
+
+def report(results: dict[str, TableResult]) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """Materializations when the audit passed and `main` moved; otherwise the failing checks, then a failed step.
+
+    A failed audit left `main` as it was, so nothing was materialized: the step fails with the check's
+    numbers, and Dagster skips everything downstream.
+    """
+    if all(r.published for r in results.values()):
+        for r in results.values():
+            yield MaterializeResult(
+                asset_key=asset_key(r.contract),
+                metadata=materialization_metadata(r),
+                check_results=[check_result(r.contract, c) for c in r.checks],
+                data_version=DataVersion(r.data_version),
+            )
+        return
+    for r in results.values():
+        yield from (check_result(r.contract, c) for c in r.checks)
+    failures = failed_checks(results)
+    raise Failure(
+        description="Audit failed; main left unchanged: " + "; ".join(failures),
+        metadata={"failed_checks": MetadataValue.md("\n".join(f"- {f}" for f in failures))},
+        allow_retries=False,
+    )
+
+
+def materialization_metadata(r: TableResult) -> dict:
+    return {
+        "dagster/row_count": r.rows,
+        "rows": r.rows,
+        "snapshot_id": MetadataValue.text(str(r.snapshot_id)),
+        "upstream_snapshot_ids": MetadataValue.json({k: str(v) for k, v in r.upstream.items()}),
+        "files_written": r.files,
+        "bytes_written": r.bytes_written,
+        "bytes_per_row": round(r.bytes_per_row, 2),
+        "rows_per_s": round(r.rows_per_s),
+        "duration_s": round(r.duration_s, 3),
+        "publish_attempts": r.publish_attempts,
+    }
