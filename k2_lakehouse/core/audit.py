@@ -8,6 +8,7 @@ against the branches and publishes every table only if every check passed.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,21 +95,31 @@ class Output:
     written: publish.Written
 
 
-Audit = Callable[[dict[str, publish.Staged], DuckDBEngine], dict[str, list[CheckOutcome]]]
+# A layer's own checks over the partitions it wrote (by table name), with the engine holding its inputs.
+LayerAudit = Callable[[dict[str, iceberg.PartitionRef], DuckDBEngine], dict[str, list[CheckOutcome]]]
+
+
+def audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine, layer_audit: LayerAudit) -> dict[str, list[CheckOutcome]]:
+    """Every check of a layer's tables: each table's contract, then the layer's own checks."""
+    checks = layer_audit(refs, engine)
+    return {
+        name: [contract_outcome(quality.validate_partition(r.table, r.contract, r.day, snapshot_id=r.snapshot_id), r.contract),
+               *checks.get(name, [])]
+        for name, r in refs.items()
+    }
 
 
 def write_audit_publish(
-    outputs: list[Output], day: dt.date, engine: DuckDBEngine, audit: Audit, *,
-    summary: dict[str, str], upstream: dict[str, int | None], data_version: str, started: float,
+    outputs: list[Output], day: dt.date, engine: DuckDBEngine, layer_audit: LayerAudit, *,
+    upstream: dict[str, int | None], data_version: str, run_id: str, started: float,
 ) -> dict[str, TableResult]:
     """Stage every output, audit them all, publish them all only if every check passed."""
+    summary = lineage_summary(run_id, day, upstream, data_version)
     staged: dict[str, publish.Staged] = {}
     try:
         for out in outputs:
             staged[out.contract.qualified_name] = publish.stage(out.table, out.contract, day, out.written, summary)
-        checks = audit(staged, engine)
-        for name, s in staged.items():
-            checks[name] = [contract_outcome(quality.validate_partition(s.table, s.contract, day, snapshot_id=s.snapshot_id), s.contract), *checks.get(name, [])]
+        checks = audit({name: s.ref for name, s in staged.items()}, engine, layer_audit)
     except BaseException:
         for s in staged.values():
             publish.discard(s)
@@ -132,7 +143,22 @@ def failed_checks(results: dict[str, TableResult]) -> list[str]:
     return [f"{r.contract.qualified_name} {r.day} {c.summary()}" for r in results.values() for c in r.checks if not c.passed]
 
 
-def audit_view(engine: DuckDBEngine, name: str, staged: publish.Staged) -> None:
-    """Bind the audited rows of a staged table (its branch snapshot, read back from storage) as a view."""
-    paths = iceberg.partition_files(staged.table, staged.contract, staged.day, staged.snapshot_id)
-    engine.register_files(name, paths, staged.contract.arrow_schema)
+def audit_view(engine: DuckDBEngine, name: str, ref: iceberg.PartitionRef) -> None:
+    """Bind the rows of a partition as written (read back from storage, at its snapshot) as a view."""
+    engine.register_files(name, ref.files(), ref.contract.arrow_schema)
+
+
+def data_version(inputs: dict[str, str]) -> str:
+    """A version that depends only on the inputs: the transforms are deterministic."""
+    text = "\n".join(f"{k}={v}" for k, v in sorted(inputs.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def lineage_summary(run_id: str, day: dt.date, upstream: dict[str, int | None], version: str) -> dict[str, str]:
+    """What a silver or gold commit records in its snapshot summary (see `iceberg.partition_summary`)."""
+    return {
+        "k2.dagster-run-id": run_id,
+        "k2.partition": day.isoformat(),
+        "k2.data-version": version,
+        **{f"k2.upstream.{name}": str(sid) for name, sid in upstream.items()},
+    }

@@ -8,6 +8,7 @@ large ones, so memory holds a batch and DuckDB's own (bounded, spilling) operato
 
 from __future__ import annotations
 
+import datetime as dt
 import tempfile
 from collections.abc import Iterator
 from functools import cache
@@ -33,6 +34,12 @@ def local_path(uri: str) -> str:
     """A warehouse file location as DuckDB reads it (file:// URIs become paths; others pass through)."""
     parts = urlsplit(uri)
     return parts.path if parts.scheme == "file" else uri
+
+
+def day_input(day: dt.date) -> pa.Table:
+    """The day being built, as a one-row input `partition_day` (SQL texts stay free of pasted values)."""
+    start = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+    return pa.table({"day": [day], "start_us": [start], "end_us": [start + 86_400_000_000]})
 
 
 class DuckDBEngine:

@@ -13,12 +13,12 @@ import time
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg, publish
-from k2_lakehouse.core.audit import CheckOutcome, Output, TableResult, audit_view, write_audit_publish
+from k2_lakehouse.core.audit import CheckOutcome, Output, TableResult, audit_view, data_version, write_audit_publish
 from k2_lakehouse.core.contracts import GOLD_TABLES, INTERVALS, PRICE, SILVER_TRADES, Interval
 from k2_lakehouse.core.engine import DuckDBEngine, sql_text
-from k2_lakehouse.core.silver import data_version, lineage_summary, partition_day
 
 SILVER_CHECK = "matches_silver"
 FINER_CHECK = "agrees_with_finer"
@@ -34,16 +34,28 @@ def build_gold_day(cat: Catalog, day: dt.date, *, run_id: str = "", intervals: t
     tables = {i.name: iceberg.ensure_table(cat, GOLD_TABLES[i.name], branches=True) for i in intervals}
     with DuckDBEngine() as eng:
         eng.register_files("silver_trades", iceberg.partition_files(silver, SILVER_TRADES, day, upstream[SILVER_TRADES.qualified_name]), SILVER_TRADES.arrow_schema)
-        eng.register_arrow("partition_day", partition_day(day))
         bars = compute_bars(eng)
         outputs = [
             Output(tables[i.name], GOLD_TABLES[i.name], publish.write_files(tables[i.name], GOLD_TABLES[i.name], day, bars[i.name].to_batches()))
             for i in intervals
         ]
         return write_audit_publish(
-            outputs, day, eng, _audit, summary=lineage_summary(run_id, day, upstream), upstream=upstream,
-            data_version=data_version({k: str(v) for k, v in upstream.items()}), started=started,
+            outputs, day, eng, _audit, upstream=upstream, data_version=expected_version(silver, day), run_id=run_id, started=started,
         )
+
+
+def expected_version(silver: Table, day: dt.date) -> str:
+    """The data version gold of `day` has when it is current: a function of the silver day's version."""
+    return data_version({SILVER_TRADES.qualified_name: iceberg.partition_summary(silver, day).get("k2.data-version", "")})
+
+
+def is_current(cat: Catalog, day: dt.date) -> bool:
+    """Every gold table of `day` was built from the silver day as it is now."""
+    version = expected_version(iceberg.ensure_table(cat, SILVER_TRADES, branches=True), day)
+    return all(
+        iceberg.partition_summary(iceberg.ensure_table(cat, c, branches=True), day).get("k2.data-version") == version
+        for c in GOLD_TABLES.values()
+    )
 
 
 def compute_bars(engine: DuckDBEngine) -> dict[str, pa.Table]:
@@ -73,14 +85,14 @@ def with_vwap(bars: pa.Table) -> pa.Table:
     return bars.add_column(at, pa.field("vwap", PRICE, nullable=False), pa.array(vwap, PRICE))
 
 
-def _audit(staged: dict[str, publish.Staged], engine: DuckDBEngine) -> dict[str, list[CheckOutcome]]:
+def _audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine) -> dict[str, list[CheckOutcome]]:
     checks: dict[str, list[CheckOutcome]] = {}
-    names = {s.contract.name.removeprefix("ohlcv_"): name for name, s in staged.items()}
+    names = {r.contract.name.removeprefix("ohlcv_"): name for name, r in refs.items()}
     for interval in INTERVALS:
         if interval.name not in names:
             continue
         name = names[interval.name]
-        audit_view(engine, "gold_bars", staged[name])
+        audit_view(engine, "gold_bars", refs[name])
         row = engine.arrow(sql_text("check_gold_against_silver")).to_pylist()[0]
         checks[name] = [CheckOutcome(
             SILVER_CHECK, row["mismatched_groups"] == 0, expected=int(row["silver_trades"]), actual=int(row["gold_trades"]),
@@ -89,11 +101,11 @@ def _audit(staged: dict[str, publish.Staged], engine: DuckDBEngine) -> dict[str,
         )]
     for finer, coarser in zip(INTERVALS, INTERVALS[1:]):
         if finer.name in names and coarser.name in names:
-            checks[names[coarser.name]].append(_agrees(engine, staged[names[finer.name]], staged[names[coarser.name]], coarser))
+            checks[names[coarser.name]].append(_agrees(engine, refs[names[finer.name]], refs[names[coarser.name]], coarser))
     return checks
 
 
-def _agrees(engine: DuckDBEngine, finer: publish.Staged, coarser: publish.Staged, interval: Interval) -> CheckOutcome:
+def _agrees(engine: DuckDBEngine, finer: iceberg.PartitionRef, coarser: iceberg.PartitionRef, interval: Interval) -> CheckOutcome:
     """The coarser table as written against the finer table as written, rolled up."""
     audit_view(engine, "fine_written", finer)
     expected = rollup(engine, engine.arrow("SELECT * FROM fine_written"), interval)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -138,6 +139,34 @@ def partition_batches(
     for path in partition_files(table, contract, day, snapshot_id):
         with table.io.new_input(path).open() as stream:
             yield from pq.ParquetFile(stream).iter_batches(batch_size=rows, columns=columns)
+
+
+@dataclass(frozen=True)
+class PartitionRef:
+    """One day partition of a table as of one snapshot: what an audit or a verification reads."""
+
+    table: Table
+    contract: TableContract
+    day: dt.date
+    snapshot_id: int | None
+
+    def files(self) -> list[str]:
+        return partition_files(self.table, self.contract, self.day, self.snapshot_id)
+
+
+def partition_summary(table: Table, day: dt.date) -> dict[str, str]:
+    """The snapshot summary of the last commit on `main` that wrote day `day` ({} if none did).
+
+    Silver and gold commits record their partition, inputs and data version in the summary; walking
+    `main`'s ancestry (metadata already in memory) finds the one that made the day what it is.
+    """
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        summary = snapshot.summary.additional_properties if snapshot.summary else {}
+        if summary.get("k2.partition") == day.isoformat():
+            return dict(summary)
+        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
+    return {}
 
 
 def snapshot_id(table: Table) -> int | None:

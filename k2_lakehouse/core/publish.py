@@ -102,6 +102,10 @@ class Staged:
     base_snapshot_id: int  # main when the branch forked
     snapshot_id: int  # the branch head: what the audit reads and publish makes current
 
+    @property
+    def ref(self) -> iceberg.PartitionRef:
+        return iceberg.PartitionRef(self.table, self.contract, self.day, self.snapshot_id)
+
 
 def stage(table: Table, contract: TableContract, day: dt.date, written: Written, summary: dict[str, str]) -> Staged:
     """Fork an audit branch from `main` and replace day D on it with the written files."""

@@ -8,16 +8,16 @@ engine, and write-audit-publishes `silver.trades` and `silver.trades_rejected` t
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg, publish
-from k2_lakehouse.core.audit import CheckOutcome, Output, TableResult, audit_view, write_audit_publish
+from k2_lakehouse.core.audit import CheckOutcome, Output, TableResult, audit_view, data_version, write_audit_publish
 from k2_lakehouse.core.contracts import HOT_TABLES, SILVER_REJECTED, SILVER_TRADES, symbol_map
-from k2_lakehouse.core.engine import DuckDBEngine, sql_text
+from k2_lakehouse.core.engine import DuckDBEngine, day_input, sql_text
 
 ACCOUNTED_CHECK = "every_position_accounted_for"
 
@@ -28,26 +28,25 @@ def build_silver_day(cat: Catalog, day: dt.date, *, run_id: str = "") -> dict[st
     upstream = {name: iceberg.snapshot_id(table) for name, (_, table) in bronze.items()}
     trades = iceberg.ensure_table(cat, SILVER_TRADES, branches=True)
     rejected = iceberg.ensure_table(cat, SILVER_REJECTED, branches=True)
-    summary = lineage_summary(run_id, day, upstream)
     with DuckDBEngine() as eng:
         for name, (hot, table) in bronze.items():
             eng.register_files(hot.name, iceberg.partition_files(table, hot.bronze, day, upstream[name]), hot.arrow_schema)
         eng.register_arrow("symbol_map", symbol_map_table())
-        eng.register_arrow("partition_day", partition_day(day))
+        eng.register_arrow("partition_day", day_input(day))
         eng.define_view("silver_normalized", sql_text("silver_normalized"))
         outputs = [
             Output(table, contract, publish.write_files(table, contract, day, eng.batches(sql_text(text))))
             for table, contract, text in ((trades, SILVER_TRADES, "silver_trades"), (rejected, SILVER_REJECTED, "silver_trades_rejected"))
         ]
         return write_audit_publish(
-            outputs, day, eng, _audit, summary=summary, upstream=upstream,
-            data_version=data_version(upstream_versions(bronze, day)), started=started,
+            outputs, day, eng, _audit, upstream=upstream, run_id=run_id, started=started,
+            data_version=_version({name: table for name, (_, table) in bronze.items()}, day),
         )
 
 
-def _audit(staged: dict[str, publish.Staged], engine: DuckDBEngine) -> dict[str, list[CheckOutcome]]:
-    audit_view(engine, "silver_trades", staged[SILVER_TRADES.qualified_name])
-    audit_view(engine, "silver_trades_rejected", staged[SILVER_REJECTED.qualified_name])
+def _audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine) -> dict[str, list[CheckOutcome]]:
+    audit_view(engine, "silver_trades", refs[SILVER_TRADES.qualified_name])
+    audit_view(engine, "silver_trades_rejected", refs[SILVER_REJECTED.qualified_name])
     per_exchange = engine.arrow(sql_text("check_silver_accounting")).to_pylist()
     accounted = accounting_outcome(per_exchange)
     return {SILVER_TRADES.qualified_name: [accounted], SILVER_REJECTED.qualified_name: [accounted]}
@@ -79,27 +78,14 @@ def symbol_map_table() -> pa.Table:
     })
 
 
-def partition_day(day: dt.date) -> pa.Table:
-    """The day being built, as a one-row input (SQL texts stay free of pasted values)."""
-    start = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
-    return pa.table({"day": [day], "start_us": [start], "end_us": [start + 86_400_000_000]})
+def _version(bronze: dict[str, Table], day: dt.date) -> str:
+    """Silver's data version for `day`: a function of each bronze table's watermark for the day, which
+    moves exactly when rows are added to it."""
+    return data_version({name: iceberg.encode_watermark(iceberg.read_watermark(t, day)) for name, t in bronze.items()})
 
 
-def upstream_versions(bronze: dict[str, tuple], day: dt.date) -> dict[str, str]:
-    """Each bronze table's version of the day: its watermark, which moves exactly when rows are added."""
-    return {name: iceberg.encode_watermark(iceberg.read_watermark(table, day)) for name, (_, table) in bronze.items()}
-
-
-def data_version(inputs: dict[str, str]) -> str:
-    """A version that depends only on the inputs: the transforms are deterministic."""
-    text = "\n".join(f"{k}={v}" for k, v in sorted(inputs.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def lineage_summary(run_id: str, day: dt.date, upstream: dict[str, int | None]) -> dict[str, str]:
-    return {
-        "k2.dagster-run-id": run_id,
-        "k2.partition": day.isoformat(),
-        **{f"k2.upstream.{name}": str(sid) for name, sid in upstream.items()},
-    }
-
+def is_current(cat: Catalog, day: dt.date) -> bool:
+    """Silver of `day` was built from the bronze rows the day holds now."""
+    bronze = {hot.bronze.qualified_name: iceberg.bronze_table(cat, hot) for hot in HOT_TABLES.values()}
+    summary = iceberg.partition_summary(iceberg.ensure_table(cat, SILVER_TRADES, branches=True), day)
+    return summary.get("k2.data-version") == _version(bronze, day)
