@@ -17,13 +17,18 @@ behaves like the real thing, including its faults:
   days). Messages are inserted one block at a time, in offset order within each partition.
 * **At-least-once redelivery** (~`REDELIVERY_SHARE` of messages): as if the consumer restarted from its
   last committed offset, the tail of one partition's previous block is written again at the start of
-  a later block: same offsets, identical content (only `ingested_at` differs).
+  a later block: same offsets, identical content, `kafka_timestamp` and `trade_date` included (only
+  `ingested_at` differs).
 * **Exchange replays** (~`REPLAY_SHARE`): a trade is sent again a little later (reconnect replay): same
-  trade id and content, under a new offset.
+  trade id and content, under a new offset and with its own, later `kafka_timestamp` (a new record).
 * **Malformed messages** (~`MALFORMED_SHARE`): price `""`, `"abc"`, `"NaN"`; zero or negative quantity;
   unknown symbol; for Kraken also side `"x"` and time `"garbage"`. They are stored like any other
-  message (the hot tier keeps prices and quantities as strings for exactly this reason); a message
-  whose time is unreadable gets the ingestion day as `trade_date` (the contract's rule).
+  message (the hot tier keeps prices and quantities as strings for exactly this reason).
+* **Record timestamps and days.** Every message carries `kafka_timestamp`, the feed record's own
+  timestamp (epoch ms): its simulated arrival, when the record was produced. `trade_date` is decided
+  once, from the message itself: the UTC day of its trade time or, when that is unreadable, of its
+  `kafka_timestamp` (the contract's rule), never the consumer's clock. A redelivery copies both, so a
+  restart after midnight cannot put one feed position into two days.
 * **Late trades** (`live` only): a `late_share` of the messages carry a trade time exactly 1 day
   (mostly), 2 or 3 days before their arrival, so they land in earlier, possibly already offloaded, days.
 
@@ -39,8 +44,8 @@ Late trades are shifted by whole days, so they could only collide within a run t
 The id fits UInt64 and Iceberg's signed long until the year 2262.
 
 Reproducibility: the same seed against the same starting hot-tier state (offsets and salts) writes
-the same rows, apart from `ingested_at` (and, for a Kraken message with an unreadable time, the
-ingestion day it is filed under). One writer per hot table at a time, like one consumer per partition.
+the same rows, apart from `ingested_at`, the only value taken from the consumer's clock. One writer per
+hot table at a time, like one consumer per partition.
 
 Speed: columns are numpy arrays built block by block, decimal strings are formatted with integer
 arithmetic into fixed-width byte arrays (no per-row Python), and inserted with clickhouse-driver's
@@ -76,6 +81,7 @@ MAX_BLOCK_ROWS = 100_000
 SALTS = 1000
 
 DAY_US = 86_400_000_000
+DAY_MS = 86_400_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,7 +446,10 @@ class _ExchangeFeed:
 
     def block(self, arrival_us: np.ndarray, late_days: np.ndarray | None, ingest_s: int) -> _Block:
         """The next insert: fresh messages arriving at `arrival_us` (strictly increasing), their replays,
-        and possibly a redelivery of the previous block's tail. `late_days` shifts trade times back."""
+        and possibly a redelivery of the previous block's tail. `late_days` shifts trade times back.
+
+        Arrival is when the feed record was produced (its `kafka_timestamp`); `ingest_s`, the consumer's
+        clock, only sets `ingested_at`."""
         rng, spec = self.rng, self.spec
         n = len(arrival_us)
         if n == 0:
@@ -449,10 +458,8 @@ class _ExchangeFeed:
         price = self._prices(code, arrival_us)
         qty = self._quantities(code, price)
         trade_us = arrival_us - (late_days.astype(np.int64) * DAY_US if late_days is not None else 0)
-        late = int(np.count_nonzero(late_days)) if late_days is not None else 0
         aggressor_sells = rng.random(n) < 0.5
         trade_id = (trade_us * SALTS + self.salt).astype(np.uint64)
-        ingest_day = np.datetime64(ingest_s // 86_400, "D")
 
         # Malformed messages: numeric faults before formatting, textual ones after.
         bad = np.flatnonzero(rng.random(n) < MALFORMED_SHARE)
@@ -466,11 +473,12 @@ class _ExchangeFeed:
             price_s[bad[kinds == kind]] = text
         qty_s = format_fixed(qty, spec.qty_scale)
         trade_date = (trade_us // DAY_US).astype("datetime64[D]")
+        unreadable = np.zeros(n, dtype=bool)  # trade time cannot be read: dated below, after the replays
 
-        if spec is KRAKEN_SPEC:
+        if spec.table is KRAKEN:
             time_s = format_fixed(trade_us, 6)
             time_s[bad[kinds == "time_garbage"]] = b"garbage"
-            trade_date[bad[kinds == "time_garbage"]] = ingest_day
+            unreadable[bad[kinds == "time_garbage"]] = True
             side = np.where(aggressor_sells, b"s", b"b").astype("S1")
             side[bad[kinds == "side_x"]] = b"x"
             columns = {
@@ -518,8 +526,16 @@ class _ExchangeFeed:
         is_bad = np.zeros(n, dtype=bool)
         is_bad[bad] = True
         malformed = int(np.count_nonzero(is_bad[src]))
-        if late_days is not None:
-            late = int(np.count_nonzero(late_days[src]))
+
+        # The record's own timestamp: when its slot arrived (a replay is a new record, so its own slot's
+        # time). A message whose trade time is unreadable is dated by it, never by the consumer's clock:
+        # a redelivery copies the row, so one feed position stays in one day.
+        kafka_ms = arrival_us // 1000
+        unreadable = unreadable[src]
+        columns["trade_date"][unreadable] = (kafka_ms[unreadable] // DAY_MS).astype("datetime64[D]")
+        columns["kafka_timestamp"] = kafka_ms.astype(np.uint64)
+        # Late: dated to an earlier day than its arrival, which an unreadable time is not.
+        late = int(np.count_nonzero((late_days[src] > 0) & ~unreadable)) if late_days is not None else 0
 
         # Feed positions: keyed by symbol, offsets contiguous per partition, in stream order.
         partition = self.partition_of[code]

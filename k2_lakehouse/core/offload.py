@@ -5,7 +5,9 @@
    the server, into Parquet files (a reader thread overlaps ClickHouse with sorting and writing).
 3. Commit the files and the new watermark in one Iceberg transaction: a compare-and-swap on the
    table's current snapshot. A lost race reloads the table: if W is unchanged the same files are
-   committed again; if another writer moved W, our files are dropped and the copy starts over.
+   committed again after a short back-off; if another writer moved W, our files are dropped and the
+   copy starts over. Every commit attempt, first or repeated, spends one budget of MAX_ATTEMPTS; when
+   it runs out our files are deleted and OffloadConflict is raised, nothing committed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from k2_lakehouse.core.hot_tier import OffsetRange, Watermark
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 8  # commit attempts per run, recommits included
 FILE_ROWS = 4_000_000  # roll to a new Parquet file past this many rows
 SORT_CHUNK_ROWS = 500_000  # rows sorted together and written as one row group
 WRITER_LANES = 2  # sort + Parquet encoding is the costly part: one lane per core
@@ -53,7 +55,7 @@ class OffloadResult:
     files: int
     bytes_written: int
     duration_s: float
-    attempts: int
+    attempts: int  # commit attempts made, recommits included: 0 when nothing was missing
     summary: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -80,14 +82,15 @@ def offload_day(
     started = time.perf_counter()
     writer_id = writer_id or f"k2-{uuid.uuid4().hex[:12]}"
     reload = reload or table.refresh
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+    attempts = 0  # commit attempts so far: first commits and recommits spend the one MAX_ATTEMPTS budget
+    while True:
         before = iceberg.read_watermark(table, day)
         high = hot_tier.high_offsets(client, hot, day)
         ranges = hot_tier.missing_ranges(before, high)
         if not ranges:
             return OffloadResult(
                 ".".join(hot.bronze_identifier), day, 0, before, before, _current_snapshot_id(table), 0, 0,
-                time.perf_counter() - started, attempt,
+                time.perf_counter() - started, attempts,
             )
         after = {**before, **{r.partition: r.hi for r in ranges}}
         written = _write_files(table, client, hot, day, ranges, batch_rows)
@@ -99,12 +102,20 @@ def offload_day(
             "k2.rows": str(written.rows),
         }
         while True:  # commit; on a lost race keep our files only while nobody moved our watermark
+            attempts += 1
             try:
                 snapshot_id = _commit(table, day, written, after, summary)
             except CommitFailedException as exc:  # any other error leaves the commit's fate unknown: keep the files
+                if attempts >= MAX_ATTEMPTS:  # the swap surely failed: our files are nobody's
+                    written.delete(table)
+                    raise OffloadConflict(
+                        f"{hot.name} {day}: gave up after {attempts} commit attempts lost to concurrent writers; "
+                        "nothing committed"
+                    ) from exc
                 table = reload()
                 if iceberg.read_watermark(table, day) == before:
                     log.info("commit race lost to a writer of another partition (%s); committing again", exc)
+                    _back_off(attempts, 0.01, 0.05)  # the winner is done; only avoid racing in lockstep
                     continue
                 log.warning("another writer offloaded %s %s first; dropping our files and starting over", hot.name, day)
                 written.delete(table)
@@ -112,10 +123,9 @@ def offload_day(
             failpoint("after_iceberg_commit")
             return OffloadResult(
                 ".".join(hot.bronze_identifier), day, written.rows, before, after, snapshot_id,
-                len(written.paths), written.bytes, time.perf_counter() - started, attempt, summary,
+                len(written.paths), written.bytes, time.perf_counter() - started, attempts, summary,
             )
-        time.sleep(random.uniform(0.05, 0.3) * attempt)  # concurrent writers: back off, then re-read W
-    raise OffloadConflict(f"{hot.name} {day}: gave up after {MAX_ATTEMPTS} lost commit races; nothing committed")
+        _back_off(attempts, 0.05, 0.3)  # concurrent writers of this day: back off, then re-read W
 
 
 def pending_days(table: Table, client: clickhouse_driver.Client, hot: HotTable) -> list[dt.date]:
@@ -125,6 +135,11 @@ def pending_days(table: Table, client: clickhouse_driver.Client, hot: HotTable) 
         for day, high in hot_tier.high_offsets_by_day(client, hot).items()
         if hot_tier.missing_ranges(iceberg.read_watermark(table, day), high)
     ]
+
+
+def _back_off(attempts: int, low_s: float, high_s: float) -> None:
+    """Sleep a random, growing while: racing writers do not retry in lockstep."""
+    time.sleep(random.uniform(low_s, high_s) * attempts)
 
 
 def _current_snapshot_id(table: Table) -> int | None:

@@ -56,6 +56,32 @@ def content(row: dict) -> tuple:
     return tuple(v for k, v in row.items() if k != "ingested_at")
 
 
+def record_day(row: dict) -> dt.date:
+    """UTC day of the feed record's own timestamp."""
+    return dt.datetime.fromtimestamp(row["kafka_timestamp"] / 1000, dt.timezone.utc).date()
+
+
+def assert_one_day_per_position(settings: Settings, table) -> int:
+    """Every feed position lies in exactly one day, and its copies differ in nothing but `ingested_at`.
+    Returns the number of redelivered copies."""
+    client = hot_tier.connect(settings)
+    try:
+        split = client.execute(
+            f"SELECT kafka_partition, kafka_offset FROM {table.name} GROUP BY kafka_partition, kafka_offset "
+            "HAVING uniqExact(trade_date) > 1",
+            settings={"use_numpy": False},
+        )
+    finally:
+        client.disconnect()
+    assert split == [], f"{table.name}: feed positions filed under two days"
+    rows = fetch(settings, table)
+    copies = defaultdict(set)
+    for r in rows:
+        copies[(r["kafka_partition"], r["kafka_offset"])].add(content(r))
+    assert all(len(c) == 1 for c in copies.values()), f"{table.name}: redelivered copies differ"
+    return len(rows) - len(copies)
+
+
 # --------------------------------------------------------------------------------------------------
 # Message shapes and malformed messages
 # --------------------------------------------------------------------------------------------------
@@ -118,6 +144,71 @@ def test_markets_are_realistic():
     kraken = {m.symbol for m in feed.KRAKEN_SPEC.markets}
     assert {"XBT/USD", "XDG/USD"} <= kraken
     assert {"BTCUSDT", "ETHUSDT", "DOGEUSDT"} <= {m.symbol for m in feed.BINANCE_SPEC.markets}
+
+
+# Kraken messages with an unreadable trade time around the midnight that ends DAY.
+MIDNIGHT_US = (DAY + dt.timedelta(days=1) - dt.date(1970, 1, 1)).days * feed.DAY_US
+MIDNIGHT_S = MIDNIGHT_US // 1_000_000
+
+
+@pytest.fixture
+def unreadable_times(monkeypatch: pytest.MonkeyPatch) -> feed.ExchangeSpec:
+    """A Kraken feed whose every message has an unreadable time, with a consumer restart at every block."""
+    monkeypatch.setattr(feed, "MALFORMED_SHARE", 1.0)
+    monkeypatch.setattr(feed, "REDELIVERY_SHARE", 0.5)
+    return dataclasses.replace(feed.KRAKEN_SPEC, malformations=("time_garbage",))
+
+
+def around_midnight(spec: feed.ExchangeSpec, first_ingest_s: int, second_ingest_s: int) -> tuple:
+    """Two blocks: 200 messages produced in DAY's last second, then 200 produced just after midnight,
+    whose insert redelivers the tail of the first (the consumer restarted)."""
+    path = feed.FairPath(0, MIDNIGHT_US - feed.DAY_US, 9)
+    gen = feed._ExchangeFeed(spec, np.random.default_rng(1), path, salt=5, next_offsets={})
+    first = gen.block(MIDNIGHT_US - 1_000_000 + np.arange(200) * 1_000, None, first_ingest_s)
+    second = gen.block(MIDNIGHT_US + np.arange(200) * 1_000, None, second_ingest_s)
+    return first, second
+
+
+def test_a_redelivery_after_midnight_keeps_its_day_and_timestamp(unreadable_times):
+    first, second = around_midnight(unreadable_times, MIDNIGHT_S - 1, MIDNIGHT_S + 5)
+    assert (first.columns["time"] == b"garbage").all() and (second.columns["time"] == b"garbage").all()
+    assert (first.columns["kafka_timestamp"] == (MIDNIGHT_US - 1_000_000) // 1000 + np.arange(200)).all()
+    again = np.flatnonzero(~second.fresh)
+    assert len(again) == second.redelivered > 0
+    where = {pos: j for j, pos in enumerate(zip(first.columns["kafka_partition"], first.columns["kafka_offset"]))}
+    for i in again:
+        j = where[(second.columns["kafka_partition"][i], second.columns["kafka_offset"][i])]
+        for name, values in second.columns.items():
+            if name != "ingested_at":
+                assert values[i] == first.columns[name][j], f"{name} of a redelivered message"
+    assert (second.columns["ingested_at"][again] == MIDNIGHT_S + 5).all()  # written again after midnight ...
+    assert (second.columns["trade_date"][again] == np.datetime64(DAY)).all()  # ... still in the day it was produced
+    assert (second.columns["trade_date"][second.fresh] == np.datetime64(DAY + dt.timedelta(days=1))).all()
+    for block in (first, second):  # the day of the record timestamp, always
+        stamp_day = (block.columns["kafka_timestamp"].astype(np.int64) // 86_400_000).astype("datetime64[D]")
+        assert (block.columns["trade_date"] == stamp_day).all()
+
+    # The consumer's clock plays no part: a consumer lagging past midnight writes the very same messages.
+    lagging = around_midnight(unreadable_times, MIDNIGHT_S + 1, MIDNIGHT_S + 3_600)
+    for ours, theirs in zip((first, second), lagging):
+        assert ours.columns.keys() == theirs.columns.keys()
+        for name in ours.columns.keys() - {"ingested_at"}:
+            np.testing.assert_array_equal(ours.columns[name], theirs.columns[name], err_msg=name)
+
+
+def test_a_restart_after_midnight_keeps_each_position_in_one_day(clickhouse, unreadable_times):
+    settings = settings_for(clickhouse, "k2midnight")
+    client = hot_tier.connect(settings)
+    try:
+        first, second = around_midnight(unreadable_times, MIDNIGHT_S - 1, MIDNIGHT_S + 5)
+        for block in (first, second):
+            feed._insert(client, KRAKEN, block)
+    finally:
+        client.disconnect()
+    assert assert_one_day_per_position(settings, KRAKEN) == second.redelivered > 0
+    rows = fetch(settings, KRAKEN)
+    assert {r["trade_date"] for r in rows} == {DAY, DAY + dt.timedelta(days=1)}
+    assert all(r["trade_date"] == record_day(r) for r in rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,13 +308,47 @@ def test_replays_repeat_a_trade_under_a_new_offset(seeded):
         assert sum(len(v) - 1 for v in replays.values()) == sum(r[ex].replayed for r in reports) > 0
         for positions in replays.values():
             payload = {
-                tuple(v for k, v in r.items() if k not in ("kafka_offset", "ingested_at")) for r in positions.values()
+                tuple(v for k, v in r.items() if k not in ("kafka_offset", "kafka_timestamp", "ingested_at"))
+                for r in positions.values()
             }
             assert len(payload) == 1, "a replay carries the same trade"
+            # ... in a new record: produced later, so its timestamp is not earlier than the original's
+            stamps = [r["kafka_timestamp"] for _, r in sorted(positions.items())]
+            assert stamps == sorted(stamps)
         # Distinct trades never share an id, also across the two runs of the same day and seed.
         assert len(by_trade) == 2 * ROWS - sum(r[ex].replayed for r in reports)
     for ex in feed.SPECS:
         assert reports[0][ex].salt != reports[1][ex].salt
+
+
+def test_each_feed_position_lies_in_one_day(seeded):
+    settings, reports, _ = seeded
+    for table in (BINANCE, KRAKEN):
+        redelivered = sum(r[table.exchange].redelivered for r in reports)
+        assert assert_one_day_per_position(settings, table) == redelivered > 0
+
+
+def test_record_timestamps(seeded):
+    """The record timestamp is the message's arrival: its trade time, or later for a replay; rising with the offset."""
+    _, reports, rows = seeded
+    day_start_ms = (DAY - dt.date(1970, 1, 1)).days * 86_400_000
+    for ex in feed.SPECS:
+        distinct = {(r["kafka_partition"], r["kafka_offset"]): r for r in rows[ex]}
+        trade_ms = {}
+        for pos, r in distinct.items():
+            assert day_start_ms <= r["kafka_timestamp"] < day_start_ms + 86_400_000
+            if ex == "binance":
+                trade_ms[pos] = r["trade_time"]
+            elif KRAKEN_TIME.match(r["time"]):
+                sec, micros = r["time"].split(".")
+                trade_ms[pos] = int(sec) * 1000 + int(micros) // 1000
+        assert all(distinct[pos]["kafka_timestamp"] >= ms for pos, ms in trade_ms.items())
+        later = sum(distinct[pos]["kafka_timestamp"] > ms for pos, ms in trade_ms.items())
+        assert later <= sum(r[ex].replayed for r in reports), "only a replay is produced after its trade"
+        for report in reports:  # within one run, a partition's records are produced in offset order
+            for p, lo, hi in report[ex].offsets:
+                stamps = [distinct[(p, o)]["kafka_timestamp"] for o in range(lo, hi + 1)]
+                assert stamps == sorted(stamps)
 
 
 def test_trade_id_scheme(seeded):
@@ -251,7 +376,6 @@ def test_malformed_messages_are_stored(seeded):
 
 def test_message_shapes_and_trade_dates(seeded):
     _, _, rows = seeded
-    today = dt.datetime.now(dt.timezone.utc).date()
     day_start_ms = (DAY - dt.date(1970, 1, 1)).days * 86_400_000
     binance = rows["binance"]
     assert {r["trade_date"] for r in binance} == {DAY}
@@ -271,8 +395,8 @@ def test_message_shapes_and_trade_dates(seeded):
         if KRAKEN_TIME.match(r["time"]):
             assert r["trade_date"] == DAY
             assert dt.datetime.fromtimestamp(float(r["time"]), dt.timezone.utc).date() == DAY
-        else:  # an unreadable time files the message under its ingestion day
-            assert r["trade_date"] in (today, r["ingested_at"].date())
+        else:  # an unreadable time files the message under the day of its record timestamp
+            assert r["trade_date"] == record_day(r) == DAY
 
     # Prices are tick-rounded and both exchanges trade bitcoin at nearly the same price.
     btc_binance = np.median([float(r["price"]) for r in good if r["symbol"] == "BTCUSDT"])

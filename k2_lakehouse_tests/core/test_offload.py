@@ -7,13 +7,15 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from pyiceberg.exceptions import CommitFailedException
 
 from k2_lakehouse.core import iceberg, offload, reconcile
 from k2_lakehouse.core.contracts import BINANCE
-from k2_lakehouse.core.errors import HotTierUnavailable
+from k2_lakehouse.core.errors import HotTierUnavailable, OffloadConflict
 from k2_lakehouse.core.hot_tier import connect, hot_tier_errors
 from k2_lakehouse_tests.support import Lake, free_ports, insert_binance
 
@@ -30,6 +32,11 @@ def _assert_exactly_once(lake: Lake, table, day: dt.date = DAY) -> reconcile.Rec
     assert result.exactly_once, result
     assert result.not_yet_offloaded == 0, result
     return result
+
+
+def _data_files(table) -> list[Path]:
+    """Parquet files on disk under the table's data directory, committed or not."""
+    return sorted((Path(urlparse(table.location()).path) / "data").rglob("*.parquet"))
 
 
 def _offload_in_a_process(batch_rows: int) -> list[str]:
@@ -126,10 +133,60 @@ def test_lost_commit_race_never_duplicates(lake: Lake, monkeypatch: pytest.Monke
     assert not [r for r in results if isinstance(r, BaseException)], results
     assert sorted(r.rows for r in results) == [0, 1000], results
     loser = next(r for r in results if r.rows == 0)
-    assert loser.attempts == 2  # it lost the race, reloaded, found nothing missing
+    assert loser.attempts == 1  # its one commit lost the race; it reloaded and found nothing missing
     table = _table(lake)
     assert _assert_exactly_once(lake, table).actual == 1000
     assert len(table.inspect.files()) == 1  # the loser's files were deleted, not left behind
+
+
+def test_recommits_are_bounded_and_counted(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that keeps losing while our watermark stays unchanged gives up after MAX_ATTEMPTS, leaving nothing."""
+    client = lake.client()
+    insert_binance(client, DAY, 0, range(100))
+    table = _table(lake)
+    commits: list[dt.date] = []
+    back_offs: list[int] = []
+
+    def always_lose(tbl, day, *args):
+        commits.append(day)
+        raise CommitFailedException("branch main has changed")  # as if a writer of another day won each time
+
+    monkeypatch.setattr(offload, "_commit", always_lose)
+    monkeypatch.setattr(offload, "_back_off", lambda attempts, *_: back_offs.append(attempts))
+    with pytest.raises(OffloadConflict, match=f"{offload.MAX_ATTEMPTS} commit attempts"):
+        offload.offload_day(table, client, BINANCE, DAY)
+    assert commits == [DAY] * offload.MAX_ATTEMPTS
+    assert back_offs == list(range(1, offload.MAX_ATTEMPTS)), "a back-off between recommits, none after the last"
+    table.refresh()
+    assert table.current_snapshot() is None and iceberg.read_watermark(table, DAY) == {}
+    assert _data_files(table) == []  # our uncommitted files were deleted
+
+
+def test_recommit_after_losing_to_another_day(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer of another day commits between our read and our commit: the same files are committed again."""
+    client = lake.client()
+    other_day = DAY - dt.timedelta(days=1)
+    insert_binance(client, DAY, 0, range(200))
+    insert_binance(client, other_day, 0, range(200, 250))  # a late trade: the same partition, higher offsets
+    table = _table(lake)
+    real_commit = offload._commit
+    ours: list[dt.date] = []
+
+    def commit_after_another_day(tbl, day, *args):
+        if day == DAY:
+            ours.append(day)
+            if len(ours) == 1:  # the other writer wins the race: our table's snapshot is now stale
+                assert offload.offload_day(_table(lake), lake.client(), BINANCE, other_day).rows == 50
+        return real_commit(tbl, day, *args)
+
+    monkeypatch.setattr(offload, "_commit", commit_after_another_day)
+    result = offload.offload_day(table, client, BINANCE, DAY)
+    monkeypatch.undo()
+    assert result.attempts == 2 and len(ours) == 2  # lost once with an unchanged watermark, then committed
+    assert result.rows == 200 and result.watermark_after == {0: 199}
+    assert _assert_exactly_once(lake, table).actual == 200
+    assert _assert_exactly_once(lake, table, other_day).actual == 50
+    assert len(table.inspect.files()) == 2 == len(_data_files(table))  # one file per day, none left over
 
 
 def test_pyiceberg_own_retry_is_off(lake: Lake) -> None:
