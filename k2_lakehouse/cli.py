@@ -66,11 +66,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    from k2_lakehouse.core import hot_tier, iceberg, reconcile
+    from k2_lakehouse.core import gold, hot_tier, iceberg, reconcile, silver
     from k2_lakehouse.core.contracts import HOT_TABLES
     from k2_lakehouse.core.report import format_table
 
     results = []
+    bronze_days: set[dt.date] = set()
     with hot_tier.hot_tier_errors(settings):
         client = hot_tier.connect(settings)
         cat = iceberg.catalog(settings)
@@ -79,6 +80,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
             days = set(hot_tier.high_offsets_by_day(client, hot)) | set(iceberg.watermarked_days(table))
             if args.date:
                 days &= {args.date}
+            bronze_days |= days
             results += reconcile.verify(table, client, hot, sorted(days))
     header = ("table", "day", "hot rows", "hot positions", "bronze rows", "duplicates", "missing", "checksum", "status")
     print(format_table(header, [
@@ -86,15 +88,29 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
          r.missing + r.not_yet_offloaded, "match" if r.checksum_match else "DIFFERS", "ok" if r.in_sync else "MISMATCH")
         for r in results
     ]))
-    bad = [r for r in results if not r.in_sync]
-    print(f"{len(results)} table-days checked, {len(bad)} mismatched")
+    layers = []  # (table, day, check outcome)
+    for day in sorted(bronze_days):
+        for verify_day in (silver.verify_day, gold.verify_day):
+            layers += [(name, day, c) for name, outcomes in verify_day(cat, day).items() for c in outcomes]
+    print()
+    print(format_table(("table", "day", "check", "expected", "actual", "difference", "status"), [
+        (name, day, c.name, _short(c.expected), _short(c.actual), _short(c.difference), "ok" if c.passed else "MISMATCH")
+        for name, day, c in layers
+    ]))
+    bad = [r for r in results if not r.in_sync] + [c for _, _, c in layers if not c.passed]
+    print(f"{len(results)} bronze table-days and {len(layers)} silver/gold checks, {len(bad)} mismatched")
     return 1 if bad else 0
+
+
+def _short(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from k2_lakehouse import bench
 
-    return bench.main(settings, rows=args.rows, small_rows=args.small_rows)
+    measure = bench.day if args.what == "day" else bench.offload
+    return measure(settings, rows=args.rows, small_rows=args.small_rows)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,17 +135,25 @@ def _parser() -> argparse.ArgumentParser:
     f.set_defaults(handler=_feed)
 
     r = sub.add_parser("run", help="materialize assets in process and print a summary")
-    r.add_argument("--select", default="group:bronze", help="Dagster asset selection (default: group:bronze)")
+    r.add_argument("--select", default="*", help="Dagster asset selection, e.g. group:gold (default: all nine tables)")
     r.add_argument("--partition", type=dt.date.fromisoformat, help="day YYYY-MM-DD (default: every day with new hot data)")
     r.set_defaults(handler=_run)
 
-    v = sub.add_parser("verify", help="reconcile hot tier against bronze; non-zero exit on any mismatch")
+    v = sub.add_parser("verify", help="reconcile hot tier against bronze, bronze against silver, silver against gold; "
+                       "non-zero exit on any mismatch")
     v.add_argument("--date", type=dt.date.fromisoformat, help="only this day")
     v.set_defaults(handler=_verify)
 
-    b = sub.add_parser("bench", help="bronze offload throughput and memory against a naive baseline")
-    b.add_argument("--rows", type=int, default=4_000_000, help="rows per table for the large run")
-    b.add_argument("--small-rows", type=int, default=1_000_000, help="rows per table for the memory comparison")
+    b = sub.add_parser(
+        "bench", help="throughput and peak memory against naive baselines, on a private bench corner",
+        description="offload (default): the bronze offload per table, against row tuples + pandas + one append. "
+        "day: one whole day, all tables through `k2 run` (Dagster included), at two sizes; bronze alone, then "
+        "silver + gold; and silver + gold the plain pandas way (k2_lakehouse/baseline.py), compared table by table. "
+        "Results in K2_HOME/bench/results.json and day_results.json.",
+    )
+    b.add_argument("what", nargs="?", choices=["offload", "day"], default="offload", help="what to measure (default: offload)")
+    b.add_argument("--rows", type=int, default=4_000_000, help="trades per exchange for the large run")
+    b.add_argument("--small-rows", type=int, default=1_000_000, help="trades per exchange for the memory comparison")
     b.set_defaults(handler=_bench)
     return p
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from dagster import AssetSelection, BetaWarning, DagsterInstance, PreviewWarning, materialize
 
-from k2_lakehouse.core import hot_tier, iceberg, offload
-from k2_lakehouse.core.contracts import HOT_TABLES
+from k2_lakehouse.core import gold, hot_tier, iceberg, offload, silver
+from k2_lakehouse.core.contracts import GOLD_TABLES, HOT_TABLES, SILVER_TRADES
 from k2_lakehouse.core.report import format_table
 from k2_lakehouse.core.settings import Settings
 from k2_lakehouse.definitions import defs
@@ -23,23 +23,41 @@ warnings.filterwarnings("ignore", category=PreviewWarning)
 class RunRow:
     asset: str
     partition: str
-    rows_appended: int
+    rows_appended: int  # bronze: rows added; silver and gold: rows of the day written (the day is replaced)
     rows_total: int
+    bytes_written: int
     watermark: str
     checks: str
     duration_s: float
     success: bool
 
 
+ALL = "*"  # every asset: bronze, silver and gold, in dependency order
+
+
 def pending_partitions(settings: Settings, selection: str) -> list[str]:
-    """Days on which the selected bronze tables lag the hot tier."""
+    """Days on which a selected table is behind: bronze lags the hot tier, or silver or gold were not
+    built from the rows their upstream holds now (or never built)."""
     keys = _selected_keys(selection)
     client = hot_tier.connect(settings)
     cat = iceberg.catalog(settings)
-    days: set[dt.date] = set()
+    lagging: set[dt.date] = set()
+    bronze_days: set[dt.date] = set()
     for hot in HOT_TABLES.values():
+        table = iceberg.bronze_table(cat, hot)
+        bronze_days.update(iceberg.watermarked_days(table))
         if tuple(hot.asset_path) in keys:
-            days.update(offload.pending_days(iceberg.bronze_table(cat, hot), client, hot))
+            lagging.update(offload.pending_days(table, client, hot))
+    wants_silver = tuple(SILVER_TRADES.asset_path) in keys
+    wants_gold = any(tuple(c.asset_path) in keys for c in GOLD_TABLES.values())
+    days = set(lagging)
+    for day in sorted(bronze_days - lagging):
+        if wants_silver and not silver.is_current(cat, day):
+            days.add(day)
+        elif wants_gold and not (silver.is_current(cat, day) and gold.is_current(cat, day)):
+            days.add(day)
+    if wants_silver or wants_gold:  # a day bronze is about to receive will need its silver and gold rebuilt
+        days.update(lagging)
     return [d.isoformat() for d in sorted(days)]
 
 
@@ -57,31 +75,37 @@ def run(selection: str, partitions: list[str], instance: DagsterInstance | None 
         for evaluation in result.get_asset_check_evaluations():
             mark = "ok" if evaluation.passed else "FAILED"
             checks.setdefault(evaluation.asset_key.to_user_string(), []).append(f"{evaluation.check_name}:{mark}")
+        materialized = set()
         for event in result.get_asset_materialization_events():
             meta = {k: v.value for k, v in event.materialization.metadata.items()}
             key = event.asset_key.to_user_string()
+            materialized.add(key)
             rows.append(
                 RunRow(
                     asset=key,
                     partition=partition,
-                    rows_appended=int(meta.get("rows_appended", 0)),
+                    rows_appended=int(meta.get("rows_appended", meta.get("rows", 0))),
                     rows_total=int(meta.get("dagster/row_count", 0)),
+                    bytes_written=int(meta.get("bytes_written", 0)),
                     watermark=str(meta.get("watermark", "")),
                     checks=" ".join(checks.get(key, [])),
                     duration_s=float(meta.get("duration_s", 0.0)),
                     success=all(c.endswith(":ok") for c in checks.get(key, [])),
                 )
             )
+        for key in sorted(set(checks) - materialized):  # a failed audit: checks ran, nothing was published
+            rows.append(RunRow(key, partition, 0, 0, 0, "", " ".join(checks[key]) + " (not published)", 0.0, False))
         if not result.success:
             failed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
-            rows.extend(RunRow(step, partition, 0, 0, "", "step failed", 0.0, False) for step in sorted(failed))
+            rows.extend(RunRow(step, partition, 0, 0, 0, "", "step failed", 0.0, False) for step in sorted(failed))
     return rows
 
 
 def format_rows(rows: list[RunRow]) -> str:
-    header = ("asset", "partition", "appended", "rows", "checks", "seconds", "watermark")
+    header = ("asset", "partition", "written", "rows", "bytes", "checks", "seconds", "watermark")
     body = [
-        (r.asset, r.partition, f"{r.rows_appended:,}", f"{r.rows_total:,}", r.checks, f"{r.duration_s:.2f}", r.watermark)
+        (r.asset, r.partition, f"{r.rows_appended:,}", f"{r.rows_total:,}", f"{r.bytes_written:,}", r.checks,
+         f"{r.duration_s:.2f}", r.watermark)
         for r in rows
     ]
     return format_table(header, body)

@@ -95,11 +95,36 @@ def insert_binance(client, day, partition: int, offsets, *, price: str = "100.00
     n = len(offsets)
     day_ms = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).timestamp() * 1000)
     trade_time = (day_ms + offsets * 1000 % 86_400_000).astype(np.uint64)
+    columns = {
+        "event_type": np.array(["trade"] * n, dtype=object),
+        "event_time": trade_time + 1,
+        "symbol": np.array(["BTCUSDT"] * n, dtype=object),
+        "trade_id": offsets + 1_000_000,
+        "price": np.array([price] * n, dtype=object),
+        "quantity": np.array(["0.50000000"] * n, dtype=object),
+        "trade_time": trade_time,
+        "is_buyer_maker": (offsets % 2).astype(np.uint8),
+        "is_best_match": np.ones(n, dtype=np.uint8),
+        "trade_date": np.full(n, np.datetime64(day, "D")),
+        "kafka_partition": np.full(n, partition, dtype=np.uint32),
+        "kafka_offset": offsets,
+        "kafka_timestamp": trade_time,  # produced as the trade happened: the same on a redelivery
+        "ingested_at": np.full(n, np.datetime64(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), "s")),
+    }
+    names = BINANCE.column_names  # by name: the contract decides the column order
+    client.execute(f"INSERT INTO {BINANCE.name} ({', '.join(names)}) VALUES", [columns[c] for c in names], columnar=True)
+
+
+def insert_rows(client, hot, rows: list[dict]) -> None:
+    """Write hand-made hot rows, given as dicts by column name (`ingested_at` defaults to now)."""
+    import datetime as dt
+
+    import numpy as np
+
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    dtypes = {"String": object, "Date": "datetime64[D]", "DateTime('UTC')": "datetime64[s]",
+              "UInt64": np.uint64, "UInt32": np.uint32, "UInt8": np.uint8}
     columns = [
-        np.array(["trade"] * n, dtype=object), trade_time + 1, np.array(["BTCUSDT"] * n, dtype=object),
-        offsets + 1_000_000, np.array([price] * n, dtype=object), np.array(["0.50000000"] * n, dtype=object),
-        trade_time, (offsets % 2).astype(np.uint8), np.ones(n, dtype=np.uint8),
-        np.full(n, np.datetime64(day, "D")), np.full(n, partition, dtype=np.uint32), offsets,
-        np.full(n, np.datetime64(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), "s")),
+        np.array([r.get(c.name, now) for r in rows], dtype=dtypes[hot.clickhouse_type(c)]) for c in hot.columns
     ]
-    client.execute(f"INSERT INTO {BINANCE.name} ({', '.join(BINANCE.column_names)}) VALUES", columns, columnar=True)
+    client.execute(f"INSERT INTO {hot.name} ({', '.join(hot.column_names)}) VALUES", columns, columnar=True)

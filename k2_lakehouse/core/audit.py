@@ -8,6 +8,7 @@ against the branches and publishes every table only if every check passed.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import hashlib
 import time
 from collections.abc import Callable
@@ -41,6 +42,12 @@ class CheckOutcome:
 
     def summary(self) -> str:
         return f"{self.name}: expected={self.expected} actual={self.actual} difference={self.difference}"
+
+
+def scalars(row: dict) -> dict[str, Scalar]:
+    """A check query's row as metadata values: SQL sums come back as (huge) integers or decimals."""
+    return {k: int(v) if isinstance(v, int | decimal.Decimal) and v == int(v) else v if isinstance(v, Scalar) else str(v)
+            for k, v in row.items()}
 
 
 def contract_outcome(result: quality.ContractResult, contract: TableContract) -> CheckOutcome:
@@ -162,3 +169,14 @@ def lineage_summary(run_id: str, day: dt.date, upstream: dict[str, int | None], 
         "k2.data-version": version,
         **{f"k2.upstream.{name}": str(sid) for name, sid in upstream.items()},
     }
+
+
+CURRENT_CHECK = "built_from_current_upstream"
+
+
+def current_outcome(expected: str, actual: str) -> CheckOutcome:
+    """A verification-time check: the partition's recorded data version is the one its upstream gives now."""
+    return CheckOutcome(
+        CURRENT_CHECK, expected == actual, expected=expected, actual=actual,
+        description="the day was built from the rows its upstream holds now (else: stale, run it again)",
+    )

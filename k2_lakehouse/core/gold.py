@@ -16,7 +16,9 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg, publish
-from k2_lakehouse.core.audit import CheckOutcome, Output, TableResult, audit_view, data_version, write_audit_publish
+from k2_lakehouse.core.audit import (
+    CheckOutcome, Output, TableResult, audit, audit_view, current_outcome, data_version, scalars, write_audit_publish,
+)
 from k2_lakehouse.core.contracts import GOLD_TABLES, INTERVALS, PRICE, SILVER_TRADES, Interval
 from k2_lakehouse.core.engine import DuckDBEngine, sql_text
 
@@ -26,36 +28,51 @@ _VWAP = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 _EIGHT_PLACES = decimal.Decimal("1e-8")
 
 
-def build_gold_day(cat: Catalog, day: dt.date, *, run_id: str = "", intervals: tuple[Interval, ...] = INTERVALS) -> dict[str, TableResult]:
-    """Compute every interval (each coarser one needs the finer), write-audit-publish those asked for."""
+def build_gold_day(cat: Catalog, day: dt.date, *, run_id: str = "") -> dict[str, TableResult]:
     started = time.perf_counter()
     silver = iceberg.ensure_table(cat, SILVER_TRADES, branches=True)
     upstream = {SILVER_TRADES.qualified_name: iceberg.snapshot_id(silver)}
-    tables = {i.name: iceberg.ensure_table(cat, GOLD_TABLES[i.name], branches=True) for i in intervals}
+    tables = _gold_tables(cat)
     with DuckDBEngine() as eng:
-        eng.register_files("silver_trades", iceberg.partition_files(silver, SILVER_TRADES, day, upstream[SILVER_TRADES.qualified_name]), SILVER_TRADES.arrow_schema)
+        audit_view(eng, "silver_trades", iceberg.PartitionRef(silver, SILVER_TRADES, day, upstream[SILVER_TRADES.qualified_name]))
         bars = compute_bars(eng)
         outputs = [
-            Output(tables[i.name], GOLD_TABLES[i.name], publish.write_files(tables[i.name], GOLD_TABLES[i.name], day, bars[i.name].to_batches()))
-            for i in intervals
+            Output(tables[c.qualified_name], c, publish.write_files(tables[c.qualified_name], c, day, bars[i.name].to_batches()))
+            for i, c in zip(INTERVALS, GOLD_TABLES.values())
         ]
         return write_audit_publish(
-            outputs, day, eng, _audit, upstream=upstream, data_version=expected_version(silver, day), run_id=run_id, started=started,
+            outputs, day, eng, _audit, upstream=upstream, data_version=_version(silver, day), run_id=run_id, started=started,
         )
 
 
-def expected_version(silver: Table, day: dt.date) -> str:
-    """The data version gold of `day` has when it is current: a function of the silver day's version."""
+def verify_day(cat: Catalog, day: dt.date) -> dict[str, list[CheckOutcome]]:
+    """The gold checks against `main` as it is now, and whether gold holds the silver day of today."""
+    silver = iceberg.ensure_table(cat, SILVER_TRADES, branches=True)
+    refs = {c.qualified_name: iceberg.PartitionRef(t, c, day, iceberg.snapshot_id(t))
+            for c, t in zip(GOLD_TABLES.values(), _gold_tables(cat).values())}
+    with DuckDBEngine() as eng:
+        audit_view(eng, "silver_trades", iceberg.PartitionRef(silver, SILVER_TRADES, day, iceberg.snapshot_id(silver)))
+        checks = audit(refs, eng, _audit)
+    expected = _version(silver, day)
+    return {
+        name: [*outcomes, current_outcome(expected, iceberg.partition_summary(refs[name].table, day).get("k2.data-version", "never built"))]
+        for name, outcomes in checks.items()
+    }
+
+
+def _gold_tables(cat: Catalog) -> dict[str, Table]:
+    return {c.qualified_name: iceberg.ensure_table(cat, c, branches=True) for c in GOLD_TABLES.values()}
+
+
+def _version(silver: Table, day: dt.date) -> str:
+    """Gold's data version for `day`: a function of the silver day's version."""
     return data_version({SILVER_TRADES.qualified_name: iceberg.partition_summary(silver, day).get("k2.data-version", "")})
 
 
 def is_current(cat: Catalog, day: dt.date) -> bool:
     """Every gold table of `day` was built from the silver day as it is now."""
-    version = expected_version(iceberg.ensure_table(cat, SILVER_TRADES, branches=True), day)
-    return all(
-        iceberg.partition_summary(iceberg.ensure_table(cat, c, branches=True), day).get("k2.data-version") == version
-        for c in GOLD_TABLES.values()
-    )
+    version = _version(iceberg.ensure_table(cat, SILVER_TRADES, branches=True), day)
+    return all(iceberg.partition_summary(t, day).get("k2.data-version") == version for t in _gold_tables(cat).values())
 
 
 def compute_bars(engine: DuckDBEngine) -> dict[str, pa.Table]:
@@ -93,9 +110,9 @@ def _audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine) -> dict[
             continue
         name = names[interval.name]
         audit_view(engine, "gold_bars", refs[name])
-        row = engine.arrow(sql_text("check_gold_against_silver")).to_pylist()[0]
+        row = scalars(engine.arrow(sql_text("check_gold_against_silver")).to_pylist()[0])
         checks[name] = [CheckOutcome(
-            SILVER_CHECK, row["mismatched_groups"] == 0, expected=int(row["silver_trades"]), actual=int(row["gold_trades"]),
+            SILVER_CHECK, row["mismatched_groups"] == 0, expected=row["silver_trades"], actual=row["gold_trades"],
             details={**row, "interval": interval.name},
             description="trade counts, volumes and quote volumes per exchange and symbol equal silver's",
         )]
@@ -111,9 +128,9 @@ def _agrees(engine: DuckDBEngine, finer: iceberg.PartitionRef, coarser: iceberg.
     expected = rollup(engine, engine.arrow("SELECT * FROM fine_written"), interval)
     engine.register_arrow("expected_bars", expected)
     audit_view(engine, "actual_bars", coarser)
-    row = engine.arrow(sql_text("check_bars_equal")).to_pylist()[0]
+    row = scalars(engine.arrow(sql_text("check_bars_equal")).to_pylist()[0])
     return CheckOutcome(
-        FINER_CHECK, row["mismatched_windows"] == 0, expected=int(row["expected_windows"]), actual=int(row["actual_windows"]),
+        FINER_CHECK, row["mismatched_windows"] == 0, expected=row["expected_windows"], actual=row["actual_windows"],
         details={**row, "finer": finer.contract.qualified_name},
         description=f"every {interval.name} bar equals the roll-up of the finer bars of {finer.contract.qualified_name}",
     )

@@ -15,8 +15,10 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg, publish
-from k2_lakehouse.core.audit import CheckOutcome, Output, TableResult, audit_view, data_version, write_audit_publish
-from k2_lakehouse.core.contracts import HOT_TABLES, SILVER_REJECTED, SILVER_TRADES, symbol_map
+from k2_lakehouse.core.audit import (
+    CheckOutcome, Output, TableResult, audit, audit_view, current_outcome, data_version, write_audit_publish,
+)
+from k2_lakehouse.core.contracts import HOT_TABLES, SILVER_REJECTED, SILVER_TRADES, HotTable, symbol_map
 from k2_lakehouse.core.engine import DuckDBEngine, day_input, sql_text
 
 ACCOUNTED_CHECK = "every_position_accounted_for"
@@ -24,24 +26,61 @@ ACCOUNTED_CHECK = "every_position_accounted_for"
 
 def build_silver_day(cat: Catalog, day: dt.date, *, run_id: str = "") -> dict[str, TableResult]:
     started = time.perf_counter()
-    bronze = {hot.bronze.qualified_name: (hot, iceberg.bronze_table(cat, hot)) for hot in HOT_TABLES.values()}
+    bronze = _bronze_tables(cat)
     upstream = {name: iceberg.snapshot_id(table) for name, (_, table) in bronze.items()}
-    trades = iceberg.ensure_table(cat, SILVER_TRADES, branches=True)
-    rejected = iceberg.ensure_table(cat, SILVER_REJECTED, branches=True)
+    tables = _silver_tables(cat)
     with DuckDBEngine() as eng:
-        for name, (hot, table) in bronze.items():
-            eng.register_files(hot.name, iceberg.partition_files(table, hot.bronze, day, upstream[name]), hot.arrow_schema)
-        eng.register_arrow("symbol_map", symbol_map_table())
-        eng.register_arrow("partition_day", day_input(day))
+        _bind_inputs(eng, bronze, day)
         eng.define_view("silver_normalized", sql_text("silver_normalized"))
         outputs = [
-            Output(table, contract, publish.write_files(table, contract, day, eng.batches(sql_text(text))))
-            for table, contract, text in ((trades, SILVER_TRADES, "silver_trades"), (rejected, SILVER_REJECTED, "silver_trades_rejected"))
+            Output(tables[c.qualified_name], c, publish.write_files(tables[c.qualified_name], c, day, eng.batches(sql_text(text))))
+            for c, text in ((SILVER_TRADES, "silver_trades"), (SILVER_REJECTED, "silver_trades_rejected"))
         ]
         return write_audit_publish(
-            outputs, day, eng, _audit, upstream=upstream, run_id=run_id, started=started,
-            data_version=_version({name: table for name, (_, table) in bronze.items()}, day),
+            outputs, day, eng, _audit, upstream=upstream, run_id=run_id, started=started, data_version=_version(bronze, day),
         )
+
+
+def verify_day(cat: Catalog, day: dt.date) -> dict[str, list[CheckOutcome]]:
+    """The silver checks against `main` as it is now, and whether silver holds the bronze rows of today."""
+    bronze = _bronze_tables(cat)
+    tables = _silver_tables(cat)
+    refs = {c.qualified_name: iceberg.PartitionRef(tables[c.qualified_name], c, day, iceberg.snapshot_id(tables[c.qualified_name]))
+            for c in (SILVER_TRADES, SILVER_REJECTED)}
+    with DuckDBEngine() as eng:
+        _bind_inputs(eng, bronze, day)
+        checks = audit(refs, eng, _audit)
+    built = iceberg.partition_summary(tables[SILVER_TRADES.qualified_name], day).get("k2.data-version", "never built")
+    current = current_outcome(expected=_version(bronze, day), actual=built)
+    return {name: [*outcomes, current] for name, outcomes in checks.items()}
+
+
+def is_current(cat: Catalog, day: dt.date) -> bool:
+    """Silver of `day` was built from the bronze rows the day holds now."""
+    summary = iceberg.partition_summary(_silver_tables(cat)[SILVER_TRADES.qualified_name], day)
+    return summary.get("k2.data-version") == _version(_bronze_tables(cat), day)
+
+
+def _bronze_tables(cat: Catalog) -> dict[str, tuple[HotTable, Table]]:
+    return {hot.bronze.qualified_name: (hot, iceberg.bronze_table(cat, hot)) for hot in HOT_TABLES.values()}
+
+
+def _silver_tables(cat: Catalog) -> dict[str, Table]:
+    return {c.qualified_name: iceberg.ensure_table(cat, c, branches=True) for c in (SILVER_TRADES, SILVER_REJECTED)}
+
+
+def _bind_inputs(engine: DuckDBEngine, bronze: dict[str, tuple[HotTable, Table]], day: dt.date) -> None:
+    """The day's bronze partitions at the snapshots loaded, the symbol map and the day itself."""
+    for hot, table in bronze.values():
+        engine.register_files(hot.name, iceberg.partition_files(table, hot.bronze, day, iceberg.snapshot_id(table)), hot.arrow_schema)
+    engine.register_arrow("symbol_map", symbol_map_table())
+    engine.register_arrow("partition_day", day_input(day))
+
+
+def _version(bronze: dict[str, tuple[HotTable, Table]], day: dt.date) -> str:
+    """Silver's data version for `day`: a function of each bronze table's watermark for the day, which
+    moves exactly when rows are added to it."""
+    return data_version({name: iceberg.encode_watermark(iceberg.read_watermark(t, day)) for name, (_, t) in bronze.items()})
 
 
 def _audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine) -> dict[str, list[CheckOutcome]]:
@@ -76,16 +115,3 @@ def symbol_map_table() -> pa.Table:
         "exchange": [m.exchange for m in rows], "exchange_symbol": [m.exchange_symbol for m in rows],
         "symbol": [m.symbol for m in rows],
     })
-
-
-def _version(bronze: dict[str, Table], day: dt.date) -> str:
-    """Silver's data version for `day`: a function of each bronze table's watermark for the day, which
-    moves exactly when rows are added to it."""
-    return data_version({name: iceberg.encode_watermark(iceberg.read_watermark(t, day)) for name, t in bronze.items()})
-
-
-def is_current(cat: Catalog, day: dt.date) -> bool:
-    """Silver of `day` was built from the bronze rows the day holds now."""
-    bronze = {hot.bronze.qualified_name: iceberg.bronze_table(cat, hot) for hot in HOT_TABLES.values()}
-    summary = iceberg.partition_summary(iceberg.ensure_table(cat, SILVER_TRADES, branches=True), day)
-    return summary.get("k2.data-version") == _version(bronze, day)

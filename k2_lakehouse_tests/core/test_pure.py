@@ -7,11 +7,13 @@ import datetime as dt
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pandera.errors
 import pytest
 
 from k2_lakehouse.core import iceberg
-from k2_lakehouse.core.contracts import BINANCE, HOT_TABLES, KRAKEN, hot_table, validate_identifier
+from k2_lakehouse.core.contracts import BINANCE, HOT_TABLES, KRAKEN, SILVER_TRADES, TABLES, hot_table, validate_identifier
 from k2_lakehouse.core.errors import ConfigError
 from k2_lakehouse.core.hot_tier import OffsetRange, missing_ranges
 from k2_lakehouse.core.settings import Settings, redact
@@ -90,29 +92,100 @@ def test_ddl_is_portable_and_partitioned_by_day() -> None:
 
 
 def test_iceberg_schema_and_spec_follow_the_contract() -> None:
-    schema = BINANCE.iceberg_schema
+    schema = BINANCE.bronze.iceberg_schema
     assert [f.name for f in schema.fields] == BINANCE.column_names
     assert all(f.required for f in schema.fields)
-    assert str(BINANCE.partition_spec.fields[0].transform) == "day"
+    assert str(BINANCE.bronze.partition_spec.fields[0].transform) == "day"
 
 
 def _frame(day: dt.date, n: int = 3) -> pd.DataFrame:
-    return pd.DataFrame({
+    columns = {
         "event_type": ["trade"] * n, "event_time": [1] * n, "symbol": ["BTCUSDT"] * n, "trade_id": list(range(n)),
         "price": ["1.0"] * n, "quantity": ["2.0"] * n, "trade_time": [1] * n, "is_buyer_maker": [True] * n,
-        "is_best_match": [True] * n, "trade_date": [day] * n, "kafka_partition": pd.Series([0] * n, dtype="int32"),
-        "kafka_offset": list(range(n)), "ingested_at": pd.Series([pd.Timestamp("2026-01-01", tz="UTC")] * n).astype("datetime64[us, UTC]"),
-    })
+        "is_best_match": [True] * n, "trade_date": [day] * n, "kafka_partition": [0] * n, "kafka_offset": list(range(n)),
+        "kafka_timestamp": [1] * n, "ingested_at": [dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)] * n,
+    }
+    return pa.table(columns, schema=BINANCE.arrow_schema).to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def test_pandera_contract_accepts_good_rows_and_names_bad_ones() -> None:
     day = dt.date(2026, 1, 1)
-    schema = BINANCE.pandera_schema(day)
+    schema = BINANCE.bronze.pandera_schema(day)
     schema.validate(_frame(day))
     bad = _frame(day)
     bad.loc[1, "trade_date"] = dt.date(2026, 1, 2)  # a row outside the partition
-    bad.loc[2, "kafka_offset"] = 1  # a feed position twice
+    bad.loc[2, "kafka_offset"] = -1  # offsets are never negative
     with pytest.raises(pandera.errors.SchemaErrors) as caught:
         schema.validate(bad, lazy=True)
-    failed = set(caught.value.failure_cases["column"].astype(str))
-    assert "trade_date" in failed and any("kafka" in c for c in failed)
+    assert set(caught.value.failure_cases["column"].astype(str)) == {"trade_date", "kafka_offset"}
+
+
+def test_unique_key_holds_over_the_whole_partition_not_per_batch(tmp_path: Path) -> None:
+    """Three positions repeated in a second file of the same day: three duplicate keys, whatever the batching."""
+    from k2_lakehouse.core.quality import duplicate_keys
+
+    day = dt.date(2026, 1, 1)
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    table = pa.Table.from_pandas(_frame(day, 5), preserve_index=False).cast(BINANCE.arrow_schema)
+    pq.write_table(table, first)
+    pq.write_table(table.slice(0, 3), second)
+    assert duplicate_keys([str(first)], BINANCE.bronze) == 0
+    assert duplicate_keys([str(first), str(second)], BINANCE.bronze) == 3
+
+
+def test_nine_tables_with_the_design_names() -> None:
+    assert [c.qualified_name for c in TABLES] == [
+        "bronze.trades_binance", "bronze.trades_kraken", "silver.trades", "silver.trades_rejected",
+        "gold.ohlcv_1m", "gold.ohlcv_5m", "gold.ohlcv_15m", "gold.ohlcv_30m", "gold.ohlcv_1h", "gold.ohlcv_1d",
+    ]
+    assert SILVER_TRADES.column_names[:11] == [
+        "exchange", "symbol", "exchange_symbol", "trade_id", "price", "quantity", "quote_volume", "side", "trade_ts",
+        "kafka_partition", "kafka_offset",
+    ]
+    for contract in TABLES:
+        assert set(contract.unique) <= set(contract.column_names) and set(contract.sort_columns) <= set(contract.column_names)
+        for column in contract.columns:  # exact decimals all the way: no binary floats anywhere
+            assert not pa.types.is_floating(column.type), (contract.qualified_name, column.name)
+
+
+def test_symbol_map_is_data_and_covers_the_feed() -> None:
+    from k2_lakehouse.core.contracts import symbol_map
+    from k2_lakehouse.core.feed import SPECS
+
+    mapping = {(m.exchange, m.exchange_symbol): m.symbol for m in symbol_map()}
+    assert mapping[("kraken", "XBT/USD")] == "BTC/USD" and mapping[("binance", "BTCUSDT")] == "BTC/USDT"
+    for spec in SPECS.values():
+        for market in spec.markets:  # every market the simulator trades maps to its base asset
+            assert mapping[(spec.name, market.symbol)].split("/")[0] == market.asset
+        for unknown in spec.unknown_symbols:
+            assert (spec.name, unknown) not in mapping
+
+
+def test_vwap_is_exact_and_rounds_half_even() -> None:
+    from decimal import Decimal as D
+
+    from k2_lakehouse.core.contracts import PRICE, QUOTE, VOLUME
+    from k2_lakehouse.core.gold import with_vwap
+
+    bars = pa.table({
+        "quote_volume": pa.array([D("117240.125"), D("0.000000025"), D("0.000000035")], QUOTE),
+        "volume": pa.array([D("1.75"), D("1"), D("1")], VOLUME),
+        "trade_count": pa.array([3, 1, 1], pa.int64()),
+    })
+    vwap = with_vwap(bars).column("vwap")
+    assert vwap.type == PRICE
+    assert vwap.to_pylist() == [D("66994.35714286"), D("0.00000002"), D("0.00000004")]  # half-even: 2.5 -> 2, 3.5 -> 4
+
+
+@pytest.mark.parametrize("name", ["silver_normalized", "silver_trades", "silver_trades_rejected", "gold_bars_from_trades",
+                                  "gold_bars_from_bars", "check_silver_accounting", "check_gold_against_silver", "check_bars_equal"])
+def test_sql_texts_transpile_to_spark(name: str) -> None:
+    """One SQL text per transform, for both engines: sqlglot must carry it to Spark without DuckDB-only constructs."""
+    import sqlglot
+
+    from k2_lakehouse.core.engine import sql_text
+
+    spark = sqlglot.transpile(sql_text(name), read="duckdb", write="spark", comments=False)[0]
+    sqlglot.parse_one(spark, read="spark")
+    for duckdb_only in ("TIME_BUCKET", "DATE_BIN", "EPOCH_US", "INT128", "HUGEINT", "STRUCT_PACK", "QUALIFY"):
+        assert duckdb_only not in spark.upper()
