@@ -81,24 +81,31 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
             if args.date:
                 days &= {args.date}
             bronze_days |= days
-            results += reconcile.verify(table, client, hot, sorted(days))
+            if "bronze" in args.layers:
+                results += reconcile.verify(table, client, hot, sorted(days))
     header = ("table", "day", "hot rows", "hot positions", "bronze rows", "duplicates", "missing", "checksum", "status")
-    print(format_table(header, [
-        (r.table, r.day, f"{r.hot_rows:,}", f"{r.hot_positions:,}", f"{r.actual:,}", r.duplicates,
-         r.missing + r.not_yet_offloaded, "match" if r.checksum_match else "DIFFERS", "ok" if r.in_sync else "MISMATCH")
-        for r in results
-    ]))
-    layers = []  # (table, day, check outcome)
+    if results:
+        print(format_table(header, [
+            (r.table, r.day, f"{r.hot_rows:,}", f"{r.hot_positions:,}", f"{r.actual:,}", r.duplicates,
+             r.missing + r.not_yet_offloaded, "match" if r.checksum_match else "DIFFERS", "ok" if r.in_sync else "MISMATCH")
+            for r in results
+        ]))
+        print()
+    layers = []  # (table, day, its check outcomes)
     for day in sorted(bronze_days):
-        for verify_day in (silver.verify_day, gold.verify_day):
-            layers += [(name, day, c) for name, outcomes in verify_day(cat, day).items() for c in outcomes]
-    print()
-    print(format_table(("table", "day", "check", "expected", "actual", "difference", "status"), [
-        (name, day, c.name, _short(c.expected), _short(c.actual), _short(c.difference), "ok" if c.passed else "MISMATCH")
-        for name, day, c in layers
-    ]))
-    bad = [r for r in results if not r.in_sync] + [c for _, _, c in layers if not c.passed]
-    print(f"{len(results)} bronze table-days and {len(layers)} silver/gold checks, {len(bad)} mismatched")
+        for layer, verify_day in (("silver", silver.verify_day), ("gold", gold.verify_day)):
+            if layer in args.layers:
+                layers += [(name, day, outcomes) for name, outcomes in verify_day(cat, day).items()]
+    if layers:
+        print(format_table(("table", "day", "checks passed", "status"), [
+            (name, day, f"{sum(c.passed for c in outcomes)}/{len(outcomes)}", "ok" if all(c.passed for c in outcomes) else "MISMATCH")
+            for name, day, outcomes in layers
+        ]))
+    failed = [(name, day, c) for name, day, outcomes in layers for c in outcomes if not c.passed]
+    for name, day, c in failed:
+        print(f"  {name} {day} {c.name}: expected {_short(c.expected)}, actual {_short(c.actual)}, difference {_short(c.difference)}")
+    bad = len([r for r in results if not r.in_sync]) + len({(name, day) for name, day, _ in failed})
+    print(f"{len(results)} bronze and {len(layers)} silver/gold table-days checked, {bad} mismatched")
     return 1 if bad else 0
 
 
@@ -142,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="reconcile hot tier against bronze, bronze against silver, silver against gold; "
                        "non-zero exit on any mismatch")
     v.add_argument("--date", type=dt.date.fromisoformat, help="only this day")
+    v.add_argument("--layers", type=lambda s: set(s.split(",")), default={"bronze", "silver", "gold"},
+                   help="comma-separated layers to verify (default: bronze,silver,gold)")
     v.set_defaults(handler=_verify)
 
     b = sub.add_parser(

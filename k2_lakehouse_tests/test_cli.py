@@ -15,13 +15,16 @@ DAY = dt.date(2026, 5, 6)
 def test_verify_fails_until_run_catches_up(lake: Lake, capsys: pytest.CaptureFixture[str]) -> None:
     insert_binance(lake.client(), DAY, 0, range(0, 120))
     insert_binance(lake.client(), DAY, 0, range(100, 120))  # redelivered
-    assert main(["verify"]) == 1
+    assert main(["verify", "--layers", "bronze"]) == 1
     out = capsys.readouterr().out
     assert "MISMATCH" in out and "1 mismatched" in out
+    assert main(["verify"]) == 1  # and every silver and gold table of the day is missing too
+    assert "9 mismatched" in capsys.readouterr().out  # 1 bronze table-day, 2 silver and 6 gold tables of the day
 
-    assert main(["run"]) == 0  # no --partition: every day that lags the hot tier
+    assert main(["run"]) == 0  # no --partition: every day that lags the hot tier, all nine tables
     out = capsys.readouterr().out
     assert "bronze/trades_binance" in out and DAY.isoformat() in out and "exactly_once:ok" in out
+    assert "gold/ohlcv_1d" in out and "every_position_accounted_for:ok" in out
 
     assert main(["verify", "--date", DAY.isoformat()]) == 0
     out = capsys.readouterr().out

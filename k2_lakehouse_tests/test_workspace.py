@@ -1,4 +1,4 @@
-"""workspace.yaml + dagster.yaml as the UI uses them: a real dagster-webserver serves the bronze assets."""
+"""workspace.yaml + dagster.yaml as the UI uses them: a real dagster-webserver serves every asset."""
 
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ def test_webserver_loads_the_workspace(lake: Lake) -> None:
             time.sleep(0.5)
         assert {("/".join(n["assetKey"]["path"]), n["groupName"]) for n in nodes} == {
             ("bronze/trades_binance", "bronze"), ("bronze/trades_kraken", "bronze"),
+            ("silver/trades", "silver"), ("silver/trades_rejected", "silver"),
+            *((f"gold/ohlcv_{i}", "gold") for i in ("1m", "5m", "15m", "30m", "1h", "1d")),
         }
         assert all(n["isPartitioned"] and n["hasAssetChecks"] for n in nodes)
     finally:

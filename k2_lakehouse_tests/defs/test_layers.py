@@ -88,7 +88,7 @@ def test_k2_run_builds_every_table_and_verify_agrees(lake: Lake) -> None:
     verify = subprocess.run([sys.executable, "-m", "k2_lakehouse.cli", "verify"], env={**os.environ, **lake.env},
                             capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr[-2000:]
-    assert "silver.trades" in verify.stdout and "gold.ohlcv_1d" in verify.stdout and " 0 mismatched" in verify.stdout
+    assert "silver.trades" in verify.stdout and "gold.ohlcv_1d" in verify.stdout and "checked, 0 mismatched" in verify.stdout
 
 
 def test_late_trade_makes_silver_and_gold_stale_until_rerun(lake: Lake) -> None:
