@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # K2 Lakehouse: the two front-door commands.
-#   ./dev.sh demo   set everything up, seed one day of trades, materialize bronze, print the summary
+#   ./dev.sh demo   set everything up, seed one day of trades, build all nine tables, verify every layer
 #   ./dev.sh test   set everything up and run every test (pytest starts its own ClickHouse and PostgreSQL)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,7 +20,7 @@ case "${1:-}" in
     eval "$(k2 services env)"
     day="${K2_DEMO_DATE:-$(date -u -d yesterday +%F)}"
     k2 feed seed --date "$day" --rows "${K2_DEMO_ROWS:-500000}" --seed 7
-    k2 run --select group:bronze
+    k2 run
     k2 verify
     echo
     echo "Dagster UI: eval \"\$(.venv/bin/k2 services env)\" && .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
