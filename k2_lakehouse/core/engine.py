@@ -71,10 +71,17 @@ class DuckDBEngine:
         if not paths:
             self.register_arrow(name, schema.empty_table())
             return
-        self.con.read_parquet([local_path(p) for p in paths]).create_view(validate_identifier(name), replace=True)
+        self._forget(name)
+        self.con.read_parquet([local_path(p) for p in paths]).create_view(name, replace=True)
 
     def register_arrow(self, name: str, table: pa.Table) -> None:
-        self.con.register(validate_identifier(name), table)
+        self._forget(name)
+        self.con.register(name, table)
+
+    def _forget(self, name: str) -> None:
+        # A registered Arrow table shadows a view of the same name: rebinding a name must drop both.
+        self.con.unregister(validate_identifier(name))
+        self.con.execute(f"DROP VIEW IF EXISTS {name}")
 
     def define_view(self, name: str, sql: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {validate_identifier(name)} AS {sql}")

@@ -189,3 +189,17 @@ def test_sql_texts_transpile_to_spark(name: str) -> None:
     sqlglot.parse_one(spark, read="spark")
     for duckdb_only in ("TIME_BUCKET", "DATE_BIN", "EPOCH_US", "INT128", "HUGEINT", "STRUCT_PACK", "QUALIFY"):
         assert duckdb_only not in spark.upper()
+
+
+def test_engine_rebinds_a_name_whatever_bound_it_before(tmp_path: Path) -> None:
+    """An audit rebinds names (files, then an empty table, then files): each read sees the latest binding."""
+    from k2_lakehouse.core.engine import DuckDBEngine
+
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"a": [1, 2]}), path)
+    with DuckDBEngine() as engine:
+        engine.register_arrow("x", pa.table({"a": [5]}))
+        engine.register_files("x", [str(path)], pa.schema([("a", pa.int64())]))
+        assert engine.arrow("SELECT a FROM x ORDER BY a").column("a").to_pylist() == [1, 2]
+        engine.register_files("x", [], pa.schema([("a", pa.int64())]))
+        assert engine.arrow("SELECT a FROM x").num_rows == 0
