@@ -199,14 +199,16 @@ class Measured:
     name: str
     argv: list[str]
     seconds: float
+    cpu_seconds: float  # user + system CPU of the child: wall time above it means waiting, below it parallelism
     peak_rss_mib: float
     returncode: int
+    load_before: float  # 1-minute load average when the child started: other work on the machine skews wall times
     stdout: str
     stderr: str
 
     def summary(self) -> dict:
-        return {"name": self.name, "argv": self.argv, "seconds": self.seconds, "peak_rss_mib": self.peak_rss_mib,
-                "returncode": self.returncode}
+        return {"name": self.name, "argv": self.argv, "seconds": self.seconds, "cpu_seconds": self.cpu_seconds,
+                "peak_rss_mib": self.peak_rss_mib, "returncode": self.returncode, "load_before": self.load_before}
 
 
 def day(settings: Settings, *, rows: int, small_rows: int) -> int:
@@ -284,13 +286,15 @@ def _measure(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Mea
     for): ru_maxrss is that process tree's largest RSS, not the sum of everything this process started.
     """
     out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
+    load = os.getloadavg()[0]
     with out_path.open("w") as out, err_path.open("w") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen not to wait for it
-    return Measured(name, argv, seconds, usage.ru_maxrss / 1024, proc.returncode, out_path.read_text(), err_path.read_text())
+    return Measured(name, argv, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, load,
+                    out_path.read_text(), err_path.read_text())
 
 
 def _reset_lake(settings: Settings, bench: Settings, env: dict[str, str], logs: Path) -> None:
@@ -404,31 +408,37 @@ def report_day(r: dict) -> str:
     large_in = _bronze_rows(bronze) or _bronze_rows(large) or sum(base.get("bronze_rows", {}).values())
     small_in = _bronze_rows(small)
 
-    def row(step: str, rows: int, seconds: float, rss: float, status: str = "ok") -> tuple:
-        return (step, f"{rows:,}", f"{seconds:.2f}", f"{rows / seconds:,.0f}" if seconds else "-", f"{rss:.0f}", status)
+    def row(step: str, rows: int, seconds: float, rss: float, status: str, cpu: float, load: float | None) -> tuple:
+        return (step, f"{rows:,}", f"{seconds:.2f}", f"{rows / seconds:,.0f}" if seconds else "-", f"{rss:.0f}",
+                f"{cpu:.1f}", "" if load is None else f"{load:.1f}", status)
+
+    def measured(step: str, rows: int, run: dict, status: str) -> tuple:
+        return row(step, rows, run["seconds"], run["peak_rss_mib"], status, run["cpu_seconds"], run["load_before"])
 
     def status(run: dict) -> str:
         return "ok" if run["ok"] else f"FAILED (exit {run['returncode']})"
 
-    split_s = bronze["seconds"] + sg["seconds"]
     body = [
-        row(f"k2 whole day, {SMALL_DAY} (all tables, Dagster)", small_in, small["seconds"], small["peak_rss_mib"], status(small)),
-        row(f"k2 whole day, {LARGE_DAY} (all tables, Dagster)", large_in, large["seconds"], large["peak_rss_mib"], status(large)),
-        row("k2 bronze alone (group:bronze)", large_in, bronze["seconds"], bronze["peak_rss_mib"], status(bronze)),
-        row("k2 silver + gold ('group:silver or group:gold')", large_in, sg["seconds"], sg["peak_rss_mib"], status(sg)),
-        row("k2 bronze, then silver + gold (2 processes)", large_in, split_s, max(bronze["peak_rss_mib"], sg["peak_rss_mib"]),
-            "ok" if bronze["ok"] and sg["ok"] else "FAILED"),
-        row("pandas baseline silver + gold (incl. Iceberg append)", large_in, base["seconds"], base["peak_rss_mib"],
-            "ok" if base["returncode"] == 0 else f"FAILED (exit {base['returncode']})"),
+        measured(f"k2 whole day {SMALL_DAY} (all tables, Dagster)", small_in, small, status(small)),
+        measured(f"k2 whole day {LARGE_DAY} (all tables, Dagster)", large_in, large, status(large)),
+        measured("k2 bronze alone (group:bronze)", large_in, bronze, status(bronze)),
+        measured("k2 silver + gold ('group:silver or group:gold')", large_in, sg, status(sg)),
+        row("k2 bronze, then silver + gold (2 processes)", large_in, bronze["seconds"] + sg["seconds"],
+            max(bronze["peak_rss_mib"], sg["peak_rss_mib"]), "ok" if bronze["ok"] and sg["ok"] else "FAILED",
+            bronze["cpu_seconds"] + sg["cpu_seconds"], None),
+        measured("pandas baseline silver + gold (+ Iceberg append)", large_in, base,
+                 "ok" if base["returncode"] == 0 else f"FAILED (exit {base['returncode']})"),
     ]
     lines = [
         f"k2 bench day: {r['rows_per_exchange']['large']:,} and {r['rows_per_exchange']['small']:,} simulated trades per exchange; "
         f"{r['cpus']} CPUs; every step a fresh child process",
         "",
-        format_table(("step", "rows", "seconds", "rows/s", "peak RSS MiB", "status"), body),
+        format_table(("step", "rows", "seconds", "rows/s", "peak RSS MiB", "CPU s", "load", "status"), body),
         "rows = the day's bronze rows, both exchanges (feed positions, redeliveries removed); seconds = spawn to exit, "
         "process start included;",
-        "peak RSS = the child's own ru_maxrss (os.wait4). Whole-day and bronze-alone runs start from an empty lake.",
+        "peak RSS = the child's own ru_maxrss (os.wait4); CPU s = its user + system time; load = the machine's 1-minute "
+        f"load average at its start ({r['cpus']} CPUs:",
+        "a load above that means other work shared the cores). Whole-day and bronze-alone runs start from an empty lake.",
         f"process start alone (python + import Dagster + Definitions): {r['startup']['seconds']:.2f} s, "
         f"{r['startup']['peak_rss_mib']:.0f} MiB",
     ]
@@ -441,13 +451,13 @@ def report_day(r: dict) -> str:
         lines += [
             "",
             f"k2 silver + gold vs pandas baseline: {sg['seconds']:.2f} s vs {base['seconds']:.2f} s "
-            f"({base['seconds'] / sg['seconds']:.1f}x faster); peak RSS {sg['peak_rss_mib']:.0f} vs {base['peak_rss_mib']:.0f} MiB "
-            f"({base['peak_rss_mib'] / sg['peak_rss_mib']:.1f}x less)",
+            f"(baseline time / k2 time = {base['seconds'] / sg['seconds']:.2f}); peak RSS {sg['peak_rss_mib']:.0f} vs "
+            f"{base['peak_rss_mib']:.0f} MiB (baseline / k2 = {base['peak_rss_mib'] / sg['peak_rss_mib']:.2f})",
         ]
         if base.get("compute_seconds"):
             lines.append(
-                f"  against the baseline's compute alone (no Iceberg writes): {base['compute_seconds']:.2f} s "
-                f"({base['compute_seconds'] / sg['seconds']:.1f}x)"
+                f"baseline compute alone (read bronze .. bars, no Iceberg writes, no process start): "
+                f"{base['compute_seconds']:.2f} s (/ k2 time = {base['compute_seconds'] / sg['seconds']:.2f})"
             )
     cmp_ = r.get("comparison") or {}
     if cmp_.get("tables"):
@@ -483,8 +493,9 @@ def report_day(r: dict) -> str:
 
     if large["assets"]:
         lines += ["", f"tables of the whole day, {LARGE_DAY} (from `k2 run`'s summary):"]
-        lines.append(format_table(("asset", "rows", "seconds", "checks"), [
-            (a.get("asset", ""), a.get("rows", ""), a.get("seconds", ""), a.get("checks", "")) for a in large["assets"]
+        lines.append(format_table(("asset", "rows", "bytes", "seconds", "checks"), [
+            (a.get("asset", ""), a.get("rows", ""), a.get("bytes", ""), a.get("seconds", ""), a.get("checks", ""))
+            for a in large["assets"]
         ]))
 
     for run in (large, bronze, sg):

@@ -99,7 +99,7 @@ class Output:
 
     table: Table
     contract: TableContract
-    written: publish.Written
+    written: iceberg.WrittenFiles
 
 
 # A layer's own checks over the partitions it wrote (by table name), with the engine holding its inputs.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -139,6 +139,23 @@ def partition_batches(
     for path in partition_files(table, contract, day, snapshot_id):
         with table.io.new_input(path).open() as stream:
             yield from pq.ParquetFile(stream).iter_batches(batch_size=rows, columns=columns)
+
+
+@dataclass
+class WrittenFiles:
+    """Data files a run wrote for one commit: until committed, its own to delete."""
+
+    paths: list[str] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+
+    def delete(self, table: Table) -> None:
+        for path in self.paths:
+            table.io.delete(path)
+
+
+def data_directory(table: Table, day: dt.date) -> str:
+    return f"{table.location()}/data/trade_day={day.isoformat()}"
 
 
 @dataclass(frozen=True)

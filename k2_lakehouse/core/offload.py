@@ -35,6 +35,7 @@ from k2_lakehouse.core.contracts import HotTable
 from k2_lakehouse.core.errors import OffloadConflict
 from k2_lakehouse.core.failpoints import failpoint
 from k2_lakehouse.core.hot_tier import OffsetRange, Watermark
+from k2_lakehouse.core.iceberg import WrittenFiles
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def offload_day(
         ranges = hot_tier.missing_ranges(before, high)
         if not ranges:
             return OffloadResult(
-                ".".join(hot.bronze_identifier), day, 0, before, before, _current_snapshot_id(table), 0, 0,
+                ".".join(hot.bronze_identifier), day, 0, before, before, iceberg.snapshot_id(table), 0, 0,
                 time.perf_counter() - started, attempts,
             )
         after = {**before, **{r.partition: r.hi for r in ranges}}
@@ -142,33 +143,17 @@ def _back_off(attempts: int, low_s: float, high_s: float) -> None:
     time.sleep(random.uniform(low_s, high_s) * attempts)
 
 
-def _current_snapshot_id(table: Table) -> int | None:
-    snapshot = table.current_snapshot()
-    return snapshot.snapshot_id if snapshot else None
-
-
-def _commit(table: Table, day: dt.date, written: _Written, after: Watermark, summary: dict[str, str]) -> int:
+def _commit(table: Table, day: dt.date, written: WrittenFiles, after: Watermark, summary: dict[str, str]) -> int:
     with table.transaction() as tx:
         tx.add_files(written.paths, snapshot_properties=summary, check_duplicate_files=False)
         tx.set_properties({iceberg.watermark_key(day): iceberg.encode_watermark(after)})
     return table.current_snapshot().snapshot_id
 
 
-@dataclass
-class _Written:
-    paths: list[str] = field(default_factory=list)
-    rows: int = 0
-    bytes: int = 0
-
-    def delete(self, table: Table) -> None:
-        for path in self.paths:
-            table.io.delete(path)
-
-
 class _Lane:
     """One Parquet file at a time, rolled past FILE_ROWS; lanes write in parallel (Arrow releases the GIL)."""
 
-    def __init__(self, table: Table, hot: HotTable, directory: str, written: _Written) -> None:
+    def __init__(self, table: Table, hot: HotTable, directory: str, written: WrittenFiles) -> None:
         self.table, self.hot, self.directory, self.written = table, hot, directory, written
         self.writer: pq.ParquetWriter | None = None
         self.stream = None
@@ -198,10 +183,10 @@ class _Lane:
 
 def _write_files(
     table: Table, client: clickhouse_driver.Client, hot: HotTable, day: dt.date, ranges: list[OffsetRange], batch_rows: int
-) -> _Written:
+) -> WrittenFiles:
     """Stream the ranges into sorted zstd Parquet files. Memory holds a few sort chunks and blocks, whatever the day's size."""
-    written = _Written()
-    directory = f"{table.location()}/data/trade_day={day.isoformat()}"
+    written = WrittenFiles()
+    directory = iceberg.data_directory(table, day)
     lanes = [_Lane(table, hot, directory, written) for _ in range(WRITER_LANES)]
     in_flight: collections.deque[Future[int]] = collections.deque()
     try:

@@ -23,7 +23,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,6 +31,7 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg
+from k2_lakehouse.core.iceberg import WrittenFiles
 from k2_lakehouse.core.contracts import TableContract
 from k2_lakehouse.core.errors import PublishConflict
 from k2_lakehouse.core.failpoints import failpoint
@@ -43,21 +44,10 @@ FILE_ROWS = 8_000_000  # roll to a new Parquet file past this many rows
 ROW_GROUP_ROWS = 500_000
 
 
-@dataclass
-class Written:
-    paths: list[str] = field(default_factory=list)
-    rows: int = 0
-    bytes: int = 0
-
-    def delete(self, table: Table) -> None:
-        for path in self.paths:
-            table.io.delete(path)
-
-
-def write_files(table: Table, contract: TableContract, day: dt.date, batches: Iterable[pa.RecordBatch]) -> Written:
+def write_files(table: Table, contract: TableContract, day: dt.date, batches: Iterable[pa.RecordBatch]) -> WrittenFiles:
     """Stream record batches into zstd Parquet files of the day; on any failure nothing is left behind."""
-    written = Written()
-    directory = f"{table.location()}/data/trade_day={day.isoformat()}"
+    written = WrittenFiles()
+    directory = iceberg.data_directory(table, day)
     writer = stream = None
     rows_in_file = 0
     try:
@@ -96,7 +86,7 @@ class Staged:
     table: Table
     contract: TableContract
     day: dt.date
-    written: Written
+    written: WrittenFiles
     summary: dict[str, str]
     branch: str
     base_snapshot_id: int  # main when the branch forked
@@ -107,7 +97,7 @@ class Staged:
         return iceberg.PartitionRef(self.table, self.contract, self.day, self.snapshot_id)
 
 
-def stage(table: Table, contract: TableContract, day: dt.date, written: Written, summary: dict[str, str]) -> Staged:
+def stage(table: Table, contract: TableContract, day: dt.date, written: WrittenFiles, summary: dict[str, str]) -> Staged:
     """Fork an audit branch from `main` and replace day D on it with the written files."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         table.refresh()
