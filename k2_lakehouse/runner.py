@@ -6,7 +6,7 @@ import datetime as dt
 import warnings
 from dataclasses import dataclass
 
-from dagster import AssetSelection, BetaWarning, DagsterInstance, PreviewWarning, materialize
+from dagster import AssetKey, AssetSelection, BetaWarning, DagsterInstance, PreviewWarning, materialize
 
 from k2_lakehouse.core import gold, hot_tier, iceberg, offload, silver
 from k2_lakehouse.core.contracts import GOLD_TABLES, HOT_TABLES, SILVER_TRADES
@@ -67,7 +67,7 @@ def run(selection: str, partitions: list[str], instance: DagsterInstance | None 
     rows: list[RunRow] = []
     for partition in partitions:
         result = materialize(
-            assets, selection=selection, partition_key=partition, instance=instance,
+            assets, selection=whole_steps(selection), partition_key=partition, instance=instance,
             resources=defs.resources, raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},  # the summary says the rest
         )
@@ -109,6 +109,13 @@ def format_rows(rows: list[RunRow]) -> str:
         for r in rows
     ]
     return format_table(header, body)
+
+
+def whole_steps(selection: str) -> list[AssetKey]:
+    """The selected assets plus the other tables of their step: silver's two tables and gold's six are
+    each computed, audited and published together, so selecting one of them runs the step."""
+    selected = AssetSelection.from_string(selection).resolve(defs.resolve_asset_graph())
+    return sorted({key for a in defs.assets or [] for key in a.keys if a.keys & selected}, key=lambda k: k.path)
 
 
 def _selected_keys(selection: str) -> set[tuple[str, ...]]:

@@ -180,3 +180,10 @@ def test_empty_day_publishes_empty_tables(lake: Lake) -> None:
     assert result.success
     assert _rows(lake, SILVER_TRADES) == [] and len(_rows(lake, SILVER_REJECTED)) == 1
     assert all(_rows(lake, c) == [] for c in GOLD_TABLES.values())
+
+
+def test_selecting_one_table_of_a_step_runs_the_whole_step() -> None:
+    assert {k.to_user_string() for k in runner.whole_steps("key:gold/ohlcv_5m")} == {
+        f"gold/ohlcv_{i}" for i in ("1m", "5m", "15m", "30m", "1h", "1d")}
+    assert {k.to_user_string() for k in runner.whole_steps("key:silver/trades_rejected")} == {"silver/trades", "silver/trades_rejected"}
+    assert [k.to_user_string() for k in runner.whole_steps("key:bronze/trades_kraken")] == ["bronze/trades_kraken"]
