@@ -3,8 +3,6 @@
 import datetime as dt
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -17,16 +15,14 @@ from dagster import (
     asset,
 )
 
-from k2_lakehouse.core import hot_tier, iceberg, quality, reconcile
-from k2_lakehouse.core.audit import CONTRACT_CHECK, contract_outcome
+from k2_lakehouse.core import iceberg
+from k2_lakehouse.core.audit import CONTRACT_CHECK
+from k2_lakehouse.core.bronze import EXACTLY_ONCE_CHECK, build_bronze_day
 from k2_lakehouse.core.contracts import HOT_TABLES, HotTable
-from k2_lakehouse.core.hot_tier import Watermark, hot_tier_errors
-from k2_lakehouse.core.offload import offload_day
+from k2_lakehouse.core.hot_tier import Watermark
 from k2_lakehouse.defs.partitions import daily_partitions
 from k2_lakehouse.defs.reporting import check_result, table_metadata
 from k2_lakehouse.defs.resources import LakehouseResource
-
-EXACTLY_ONCE_CHECK = "exactly_once"
 
 
 def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
@@ -50,32 +46,25 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
         pool=f"iceberg_{hot.name}",
     )
     def bronze_trades(context: AssetExecutionContext, lakehouse: LakehouseResource) -> MaterializeResult:
-        day = dt.date.fromisoformat(context.partition_key)
-        settings = lakehouse.settings()
-        with hot_tier_errors(settings):
-            client = hot_tier.connect(settings)
-            table = iceberg.bronze_table(iceberg.catalog(settings), hot)
-            recorded = _dagster_watermark(context, key)
-            truth = iceberg.read_watermark(table, day)
-            if recorded != truth:
-                context.log.warning(
-                    f"Dagster recorded watermark {recorded} but Iceberg holds {truth} (a run died after its "
-                    "Iceberg commit): Iceberg wins."
-                )
-            result = offload_day(table, client, hot, day, batch_rows=settings.batch_rows, run_id=context.run_id)
-            recon = reconcile.reconcile(table, client, hot, day, result.watermark_after)
-        contract = quality.validate_partition(table, hot.bronze, day)
+        recorded = _dagster_watermark(context, key)
+        built = build_bronze_day(lakehouse.settings(), hot, dt.date.fromisoformat(context.partition_key), run_id=context.run_id)
+        result = built.offload
+        if recorded != result.watermark_before:
+            context.log.warning(
+                f"Dagster recorded watermark {recorded} but Iceberg holds {result.watermark_before} (a run died "
+                "after its Iceberg commit): Iceberg wins."
+            )
         context.log.info(
-            f"{hot.name} {day}: {result.rows:,} rows appended in {result.duration_s:.2f}s "
+            f"{hot.name} {result.day}: {result.rows:,} rows appended in {result.duration_s:.2f}s "
             f"({result.rows_per_s:,.0f} rows/s); watermark {result.watermark_before} -> {result.watermark_after}"
         )
         return MaterializeResult(
             metadata={
                 "rows_appended": result.rows,
-                "dagster/row_count": recon.actual,
+                "dagster/row_count": built.reconciliation.actual,
                 "watermark_before": MetadataValue.json({str(p): o for p, o in result.watermark_before.items()}),
                 "watermark": MetadataValue.json({str(p): o for p, o in result.watermark_after.items()}),
-                "watermark_recovered_from_iceberg": recorded != truth,
+                "watermark_recovered_from_iceberg": recorded != result.watermark_before,
                 "snapshot_id": MetadataValue.text(str(result.snapshot_id)),
                 "files_written": result.files,
                 "bytes_written": result.bytes_written,
@@ -84,7 +73,7 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
                 "duration_s": round(result.duration_s, 3),
                 "commit_attempts": result.attempts,
             },
-            check_results=[check_result(hot.bronze, contract_outcome(contract, hot.bronze)), _exactly_once_result(recon)],
+            check_results=[check_result(hot.bronze, c) for c in built.checks],
             # The watermark moves exactly when rows are added to the day: silver and gold of the day go stale.
             data_version=DataVersion(iceberg.encode_watermark(result.watermark_after)),
         )
@@ -99,24 +88,6 @@ def _dagster_watermark(context: AssetExecutionContext, key: AssetKey) -> Waterma
     ).records
     entry = records[0].asset_materialization.metadata.get("watermark") if records else None
     return {int(p): int(o) for p, o in entry.value.items()} if entry is not None else {}
-
-
-def _exactly_once_result(recon: reconcile.Reconciliation) -> AssetCheckResult:
-    return AssetCheckResult(
-        check_name=EXACTLY_ONCE_CHECK,
-        passed=recon.exactly_once,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "expected": recon.expected,
-            "actual": recon.actual,
-            "difference": recon.difference,
-            "distinct_positions": recon.distinct,
-            "duplicates": recon.duplicates,
-            "missing": recon.missing,
-            "checksum_match": recon.checksum_match,
-            "not_yet_offloaded": recon.not_yet_offloaded,
-        },
-    )
 
 
 bronze_assets = [build_bronze_asset(hot) for hot in HOT_TABLES.values()]

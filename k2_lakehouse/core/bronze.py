@@ -1,0 +1,48 @@
+"""Bronze: the one core call of the bronze step. Offload one hot day exactly once, then check it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from k2_lakehouse.core import hot_tier, iceberg, quality, reconcile
+from k2_lakehouse.core.audit import CheckOutcome, contract_outcome
+from k2_lakehouse.core.contracts import HotTable
+from k2_lakehouse.core.offload import OffloadResult, offload_day
+from k2_lakehouse.core.settings import Settings
+
+EXACTLY_ONCE_CHECK = "exactly_once"
+
+
+@dataclass(frozen=True)
+class BronzeDay:
+    offload: OffloadResult
+    reconciliation: reconcile.Reconciliation
+    checks: list[CheckOutcome]
+
+
+def build_bronze_day(settings: Settings, hot: HotTable, day: dt.date, *, run_id: str = "") -> BronzeDay:
+    with hot_tier.hot_tier_errors(settings):
+        client = hot_tier.connect(settings)
+        try:
+            table = iceberg.bronze_table(iceberg.catalog(settings), hot)
+            result = offload_day(table, client, hot, day, batch_rows=settings.batch_rows, run_id=run_id)
+            recon = reconcile.reconcile(table, client, hot, day, result.watermark_after)
+        finally:
+            client.disconnect()
+    contract = quality.validate_partition(table, hot.bronze, day)
+    return BronzeDay(result, recon, [contract_outcome(contract, hot.bronze), exactly_once_outcome(recon)])
+
+
+def exactly_once_outcome(recon: reconcile.Reconciliation) -> CheckOutcome:
+    return CheckOutcome(
+        EXACTLY_ONCE_CHECK, recon.exactly_once, expected=recon.expected, actual=recon.actual,
+        details={
+            "distinct_positions": recon.distinct,
+            "duplicates": recon.duplicates,
+            "missing": recon.missing,
+            "checksum_match": recon.checksum_match,
+            "not_yet_offloaded": recon.not_yet_offloaded,
+        },
+        description="bronze rows = distinct feed positions = hot positions up to the watermark",
+    )
