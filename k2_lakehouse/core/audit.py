@@ -11,9 +11,10 @@ import datetime as dt
 import decimal
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg, publish, quality
@@ -95,11 +96,11 @@ class TableResult:
 
 @dataclass(frozen=True)
 class Output:
-    """One table's day as a layer step produced it, before audit."""
+    """One table's day as a layer step produces it: rows, streamed (nothing is computed until written)."""
 
     table: Table
     contract: TableContract
-    written: iceberg.WrittenFiles
+    batches: Iterable[pa.RecordBatch]
 
 
 # A layer's own checks over the partitions it wrote (by table name), with the engine holding its inputs.
@@ -120,16 +121,24 @@ def write_audit_publish(
     outputs: list[Output], day: dt.date, engine: DuckDBEngine, layer_audit: LayerAudit, *,
     upstream: dict[str, int | None], data_version: str, run_id: str, started: float,
 ) -> dict[str, TableResult]:
-    """Stage every output, audit them all, publish them all only if every check passed."""
+    """Write and stage every output, audit them all, publish them all only if every check passed.
+
+    Until the publish, whatever fails takes every file and branch the step made with it.
+    """
     summary = lineage_summary(run_id, day, upstream, data_version)
+    written: list[tuple[Output, iceberg.WrittenFiles]] = []
     staged: dict[str, publish.Staged] = {}
     try:
         for out in outputs:
-            staged[out.contract.qualified_name] = publish.stage(out.table, out.contract, day, out.written, summary)
+            written.append((out, publish.write_files(out.table, out.contract, day, out.batches)))
+        for out, files in written:
+            staged[out.contract.qualified_name] = publish.stage(out.table, out.contract, day, files, summary)
         checks = audit({name: s.ref for name, s in staged.items()}, engine, layer_audit)
     except BaseException:
         for s in staged.values():
             publish.discard(s)
+        for out, files in written:
+            files.delete(out.table)
         raise
     passed = all(c.passed for outcomes in checks.values() for c in outcomes)
     results = {}

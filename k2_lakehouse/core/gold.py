@@ -15,7 +15,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from k2_lakehouse.core import iceberg, publish
+from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.audit import (
     CheckOutcome, Output, TableResult, audit, audit_view, current_outcome, data_version, scalars, write_audit_publish,
 )
@@ -37,7 +37,7 @@ def build_gold_day(cat: Catalog, day: dt.date, *, run_id: str = "") -> dict[str,
         audit_view(eng, "silver_trades", iceberg.PartitionRef(silver, SILVER_TRADES, day, upstream[SILVER_TRADES.qualified_name]))
         bars = compute_bars(eng)
         outputs = [
-            Output(tables[c.qualified_name], c, publish.write_files(tables[c.qualified_name], c, day, bars[i.name].to_batches()))
+            Output(tables[c.qualified_name], c, bars[i.name].to_batches())
             for i, c in zip(INTERVALS, GOLD_TABLES.values())
         ]
         return write_audit_publish(

@@ -14,7 +14,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from k2_lakehouse.core import iceberg, publish
+from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.audit import (
     CheckOutcome, Output, TableResult, audit, audit_view, current_outcome, data_version, write_audit_publish,
 )
@@ -33,7 +33,7 @@ def build_silver_day(cat: Catalog, day: dt.date, *, run_id: str = "") -> dict[st
         _bind_inputs(eng, bronze, day)
         eng.define_view("silver_normalized", sql_text("silver_normalized"))
         outputs = [
-            Output(tables[c.qualified_name], c, publish.write_files(tables[c.qualified_name], c, day, eng.batches(sql_text(text))))
+            Output(tables[c.qualified_name], c, eng.batches(sql_text(text)))
             for c, text in ((SILVER_TRADES, "silver_trades"), (SILVER_REJECTED, "silver_trades_rejected"))
         ]
         return write_audit_publish(

@@ -19,8 +19,10 @@ WITH raw AS (
         pair AS raw_symbol, trade_id, CAST(trade_id AS VARCHAR) AS raw_trade_id,
         price AS raw_price, volume AS raw_quantity,
         time AS raw_time,
-        CASE WHEN regexp_matches(time, '^[0-9]{1,12}([.][0-9]{1,6})?$')  -- 'seconds.micros', exact
-            THEN CAST(TRY_CAST(time AS DECIMAL(38, 6)) * 1000000 AS BIGINT) END AS time_us,
+        -- Kraken sends 'seconds.micros' with exactly six decimals: drop the dot and it is epoch µs, exact.
+        -- (A regular expression or a wide-decimal parse costs ~1 µs per distinct string: every time is distinct.)
+        CASE WHEN strpos(time, '.') = length(time) - 6 AND strpos(time, '-') = 0 AND strpos(time, '+') = 0
+            THEN TRY_CAST(replace(time, '.', '') AS BIGINT) END AS time_us,
         side AS raw_side,
         CASE side WHEN 'b' THEN 'buy' WHEN 's' THEN 'sell' END AS side
     FROM bronze_trades_kraken
