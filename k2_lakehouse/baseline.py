@@ -39,7 +39,7 @@ from k2_lakehouse.core.settings import Settings
 
 NAMESPACE = "baseline"
 NUMBER = r"-?[0-9]{1,10}(?:\.[0-9]{1,8})?"  # what DECIMAL(18,8) holds exactly (silver_normalized.sql)
-KRAKEN_TIME = r"[0-9]{1,12}(?:\.[0-9]{1,6})?"  # 'seconds.micros'
+KRAKEN_TIME = r"[0-9]{1,12}\.[0-9]{6}"  # 'seconds.micros', exactly six decimals (as silver_normalized.sql)
 EIGHT_PLACES = Decimal("1e-8")
 IDENTITY = ["exchange", "symbol", "trade_id"]
 BAR_KEY = ["exchange", "symbol", "window_start"]
@@ -133,7 +133,7 @@ def normalize_binance(df: pd.DataFrame, day: dt.date) -> pd.DataFrame:
 
 def normalize_kraken(df: pd.DataFrame, day: dt.date) -> pd.DataFrame:
     time_ok = df["time"].str.fullmatch(KRAKEN_TIME).fillna(False).astype(bool)
-    parts = df["time"].where(time_ok, "0").str.partition(".")
+    parts = df["time"].where(time_ok, "0.000000").str.partition(".")
     seconds, fraction = parts[0], parts[2]
     out = pd.DataFrame({
         "exchange": "kraken",
@@ -148,7 +148,7 @@ def normalize_kraken(df: pd.DataFrame, day: dt.date) -> pd.DataFrame:
         "raw_time": df["time"],
         "raw_side": df["side"],
         "side": df["side"].map({"b": "buy", "s": "sell"}),
-        "time_us": seconds.astype("int64") * 1_000_000 + fraction.str.ljust(6, "0").astype("int64"),
+        "time_us": seconds.astype("int64") * 1_000_000 + fraction.astype("int64"),
     })
     return _validate(out, well_formed=df["side"].isin(["b", "s"]), time_ok=time_ok, day=day)
 

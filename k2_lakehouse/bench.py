@@ -3,7 +3,7 @@
 Works on a private corner of the running local services (ClickHouse database `k2_bench`, catalog database
 `iceberg_bench`, Dagster database `dagster_bench`, warehouse and DAGSTER_HOME under K2_HOME/bench), so it
 never touches the real tables. Every measurement runs in a fresh child process; its wall time includes
-the process start, its peak RSS is the child's own (`os.wait4` returns the rusage of that one child).
+the process start, its peak RSS is the child's own (`os.wait4` in a bare launcher process, see `_measure`).
 
 `k2 bench offload` (the default): the bronze offload alone.
 - k2: the exactly-once offload (`offload_day`): columnar numpy reads in bounded offset slices, a reader
@@ -125,12 +125,13 @@ def _recreate_databases(settings: Settings, *names: str) -> None:
 
 
 def _child(bench: Settings, method: str, exchange: str, day: dt.date) -> dict:
-    env = {**os.environ, **bench.exports()}
-    out = subprocess.run(
-        [sys.executable, "-m", "k2_lakehouse.bench", "offload-child", method, exchange, day.isoformat()],
-        env=env, check=True, capture_output=True, text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    logs = bench.home / "bench" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    m = _measure(f"offload_{method}_{exchange}_{day}", [sys.executable, "-m", "k2_lakehouse.bench", "offload-child", method,
+                 exchange, day.isoformat()], {**os.environ, **bench.exports()}, logs)
+    if m.returncode:
+        raise RuntimeError(f"bench child {m.argv} exited {m.returncode}:\n{_tail(m.stderr)}")
+    return json.loads(m.stdout.strip().splitlines()[-1])  # the child's own figures (RUSAGE_SELF, inside the timed part)
 
 
 def _measure_k2(settings: Settings, exchange: str, day: dt.date) -> dict:
@@ -279,21 +280,35 @@ def day(settings: Settings, *, rows: int, small_rows: int) -> int:
     return 0 if all(r["ok"] for r in (whole_small, whole_large, bronze_large, silver_gold_large)) and base_m.returncode == 0 else 1
 
 
+# A minimal parent for each measured child. Linux carries the peak RSS of the address space a process
+# replaces at exec into its ru_maxrss, and a child starts from a copy of (or, spawned by vfork, from) its
+# parent's: spawned straight from this process, which holds the seeded days, every child would report at
+# least this process's peak. The launcher is a bare interpreter (~11 MiB), so its child's figure is its own.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+with open(sys.argv[1], "w") as out, open(sys.argv[2], "w") as err:
+    started = time.perf_counter()
+    child = subprocess.Popen(sys.argv[3:], stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+child.returncode = os.waitstatus_to_exitcode(status)
+print(json.dumps({"seconds": seconds, "returncode": child.returncode, "maxrss_kib": usage.ru_maxrss,
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime}))
+"""
+
+
 def _measure(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Measured:
     """Run `argv` in a fresh child; wall time from spawn to exit, and the child's own peak RSS.
 
-    `os.wait4` reaps exactly this child and returns its rusage (itself and any descendants it waited
-    for): ru_maxrss is that process tree's largest RSS, not the sum of everything this process started.
+    The launcher reaps exactly that child with `os.wait4`, whose rusage covers the child and any
+    descendants it waited for: ru_maxrss is that process tree's largest RSS, not a sum.
     """
     out_path, err_path = logs / f"{name}.out", logs / f"{name}.err"
     load = os.getloadavg()[0]
-    with out_path.open("w") as out, err_path.open("w") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen not to wait for it
-    return Measured(name, argv, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, load,
+    launcher = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out_path), str(err_path), *argv],
+                              env=env, capture_output=True, text=True, check=True)
+    m = json.loads(launcher.stdout)
+    return Measured(name, argv, m["seconds"], m["cpu_seconds"], m["maxrss_kib"] / 1024, m["returncode"], load,
                     out_path.read_text(), err_path.read_text())
 
 
@@ -436,7 +451,7 @@ def report_day(r: dict) -> str:
         format_table(("step", "rows", "seconds", "rows/s", "peak RSS MiB", "CPU s", "load", "status"), body),
         "rows = the day's bronze rows, both exchanges (feed positions, redeliveries removed); seconds = spawn to exit, "
         "process start included;",
-        "peak RSS = the child's own ru_maxrss (os.wait4); CPU s = its user + system time; load = the machine's 1-minute "
+        "peak RSS = the child's own ru_maxrss (os.wait4 in a bare launcher); CPU s = its user + system time; load = the machine's 1-minute "
         f"load average at its start ({r['cpus']} CPUs:",
         "a load above that means other work shared the cores). Whole-day and bronze-alone runs start from an empty lake.",
         f"process start alone (python + import Dagster + Definitions): {r['startup']['seconds']:.2f} s, "

@@ -83,8 +83,9 @@ class DuckDBEngine:
         self.con.unregister(validate_identifier(name))
         self.con.execute(f"DROP VIEW IF EXISTS {name}")
 
-    def define_view(self, name: str, sql: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {validate_identifier(name)} AS {sql}")
+    def materialize(self, name: str, sql: str) -> None:
+        """Compute `sql` once into a temporary table (DuckDB keeps it compressed and spills past its limit)."""
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {validate_identifier(name)} AS {sql}")
 
     def arrow(self, sql: str) -> pa.Table:
         return self.con.execute(sql).to_arrow_table()

@@ -76,9 +76,10 @@ def is_current(cat: Catalog, day: dt.date) -> bool:
 
 
 def compute_bars(engine: DuckDBEngine) -> dict[str, pa.Table]:
-    """Bars of every interval from the `silver_trades` view, finest first."""
-    engine.register_arrow("bar_interval", pa.table({"micros": [INTERVALS[0].micros]}))
-    bars = {INTERVALS[0].name: with_vwap(engine.arrow(sql_text("gold_bars_from_trades")))}
+    """Bars of every interval from the `silver_trades` view, finest first, in their contracts' types."""
+    finest = INTERVALS[0]
+    engine.register_arrow("bar_interval", pa.table({"micros": [finest.micros]}))
+    bars = {finest.name: _typed(engine.arrow(sql_text("gold_bars_from_trades")), finest)}
     for finer, coarser in zip(INTERVALS, INTERVALS[1:]):
         bars[coarser.name] = rollup(engine, bars[finer.name], coarser)
     return bars
@@ -87,7 +88,12 @@ def compute_bars(engine: DuckDBEngine) -> dict[str, pa.Table]:
 def rollup(engine: DuckDBEngine, finer: pa.Table, coarser: Interval) -> pa.Table:
     engine.register_arrow("finer_bars", finer)
     engine.register_arrow("bar_interval", pa.table({"micros": [coarser.micros]}))
-    return with_vwap(engine.arrow(sql_text("gold_bars_from_bars")))
+    return _typed(engine.arrow(sql_text("gold_bars_from_bars")), coarser)
+
+
+def _typed(bars: pa.Table, interval: Interval) -> pa.Table:
+    # The SQL works in UTC; the contract's types give window_start its zone.
+    return with_vwap(bars).cast(GOLD_TABLES[interval.name].arrow_schema)
 
 
 def with_vwap(bars: pa.Table) -> pa.Table:

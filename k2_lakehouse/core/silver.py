@@ -31,7 +31,8 @@ def build_silver_day(cat: Catalog, day: dt.date, *, run_id: str = "") -> dict[st
     tables = _silver_tables(cat)
     with DuckDBEngine() as eng:
         _bind_inputs(eng, bronze, day)
-        eng.define_view("silver_normalized", sql_text("silver_normalized"))
+        # Parsing every bronze row is the costly part, and both tables need it: do it once.
+        eng.materialize("silver_normalized", sql_text("silver_normalized"))
         outputs = [
             Output(tables[c.qualified_name], c, eng.batches(sql_text(text)))
             for c, text in ((SILVER_TRADES, "silver_trades"), (SILVER_REJECTED, "silver_trades_rejected"))

@@ -183,12 +183,15 @@ def test_sql_texts_transpile_to_spark(name: str) -> None:
     """One SQL text per transform, for both engines: sqlglot must carry it to Spark without DuckDB-only constructs."""
     import sqlglot
 
+    from k2_lakehouse.core.dialects import to_spark
     from k2_lakehouse.core.engine import sql_text
 
-    spark = sqlglot.transpile(sql_text(name), read="duckdb", write="spark", comments=False)[0]
+    spark = to_spark(sql_text(name))
     sqlglot.parse_one(spark, read="spark")
-    for duckdb_only in ("TIME_BUCKET", "DATE_BIN", "EPOCH_US", "INT128", "HUGEINT", "STRUCT_PACK", "QUALIFY"):
+    for duckdb_only in ("TIME_BUCKET", "DATE_BIN", "EPOCH_US", "INT128", "HUGEINT", "STRUCT_PACK", "QUALIFY", "TIMESTAMPTZ"):
         assert duckdb_only not in spark.upper()
+    if "epoch_us" in sql_text(name):
+        assert "UNIX_MICROS(" in spark
 
 
 def test_engine_rebinds_a_name_whatever_bound_it_before(tmp_path: Path) -> None:

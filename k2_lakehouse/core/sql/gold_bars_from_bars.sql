@@ -6,8 +6,7 @@ SELECT
 FROM (
     SELECT
         exchange, symbol,
-        CAST(make_timestamp(date_diff('microsecond', TIMESTAMPTZ '1970-01-01 00:00:00+00', window_start)
-            // bar_interval.micros * bar_interval.micros) AS TIMESTAMPTZ) AS coarse_start,
+        make_timestamp(epoch_us(window_start) // bar_interval.micros * bar_interval.micros) AS coarse_start,
         min_by(open, window_start) AS open,
         max(high) AS high,
         min(low) AS low,

@@ -5,7 +5,7 @@ SELECT
     -- DECIMAL(18,8) x DECIMAL(19,8): every digit kept by DuckDB (37,16) and by Spark (38,16)
     CAST(price * CAST(quantity AS DECIMAL(19, 8)) AS DECIMAL(38, 16)) AS quote_volume,
     side,
-    CAST(make_timestamp(time_us) AS TIMESTAMPTZ) AS trade_ts,
+    make_timestamp(time_us) AS trade_ts,  -- UTC; the contract gives it its zone when written
     kafka_partition, kafka_offset
 FROM (
     SELECT
