@@ -15,9 +15,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
-import queue
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,6 +34,7 @@ from k2_lakehouse.core.errors import OffloadConflict
 from k2_lakehouse.core.failpoints import failpoint
 from k2_lakehouse.core.hot_tier import OffsetRange, Watermark
 from k2_lakehouse.core.iceberg import WrittenFiles
+from k2_lakehouse.core.streams import prefetch
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +190,7 @@ def _write_files(
     in_flight: collections.deque[Future[int]] = collections.deque()
     try:
         with ThreadPoolExecutor(WRITER_LANES, thread_name_prefix="k2-parquet") as pool:
-            chunks = _chunks(_prefetch(_read_slices(client, hot, day, ranges, batch_rows)), SORT_CHUNK_ROWS)
+            chunks = _chunks(prefetch(_read_slices(client, hot, day, ranges, batch_rows)), SORT_CHUNK_ROWS)
             for i, chunk in enumerate(chunks):
                 if len(in_flight) == WRITER_LANES:  # the lane for chunk i is the one the oldest chunk used
                     written.rows += in_flight.popleft().result()
@@ -232,35 +231,3 @@ def _chunks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
             pending, count = [], 0
     if count:
         yield pa.Table.from_batches(pending)
-
-
-def _prefetch(source: Iterator[pa.RecordBatch], depth: int = 8) -> Iterator[pa.RecordBatch]:
-    """Run `source` in a thread, `depth` items ahead: ClickHouse decoding overlaps Parquet encoding."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in source:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as exc:  # hand the failure to the consumer
-            q.put(exc)
-
-    thread = threading.Thread(target=produce, name="k2-hot-reader", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)

@@ -32,6 +32,7 @@ from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.iceberg import WrittenFiles
+from k2_lakehouse.core.streams import prefetch
 from k2_lakehouse.core.contracts import TableContract
 from k2_lakehouse.core.errors import PublishConflict
 from k2_lakehouse.core.failpoints import failpoint
@@ -51,7 +52,7 @@ def write_files(table: Table, contract: TableContract, day: dt.date, batches: It
     writer = stream = None
     rows_in_file = 0
     try:
-        for batch in batches:
+        for batch in prefetch(iter(batches), depth=2):
             if not batch.num_rows:
                 continue
             if writer is None or rows_in_file >= FILE_ROWS:

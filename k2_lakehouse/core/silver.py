@@ -16,7 +16,7 @@ from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.audit import (
-    CheckOutcome, Output, TableResult, audit, audit_view, current_outcome, data_version, write_audit_publish,
+    CheckOutcome, Output, TableResult, audit, audit_view, current_outcome, data_version, scalars, write_audit_publish,
 )
 from k2_lakehouse.core.contracts import HOT_TABLES, SILVER_REJECTED, SILVER_TRADES, HotTable, symbol_map
 from k2_lakehouse.core.engine import DuckDBEngine, day_input, sql_text
@@ -94,15 +94,15 @@ def _audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine) -> dict[
 
 def accounting_outcome(per_exchange: list[dict]) -> CheckOutcome:
     """bronze rows = silver rows + replays dropped + rejected rows, and no position lost, doubled or invented."""
-    total = {k: sum(int(r[k]) for r in per_exchange) for k in per_exchange[0] if k != "exchange"}
+    rows = [scalars(r) for r in per_exchange]
+    total = {k: sum(r[k] for r in rows) for k in rows[0] if k != "exchange"}
     accounted = total["silver_rows"] + total["replays_dropped"] + total["rejected_rows"]
-    passed = accounted == total["bronze_rows"] and not (total["unaccounted"] or total["counted_twice"] or total["not_in_bronze"])
+    passed = accounted == total["bronze_rows"] and total["unaccounted"] == 0 and total["extra_positions"] == 0
     details: dict = dict(total)
-    for r in per_exchange:
+    for r in rows:
         details[r["exchange"]] = (
             f"bronze {r['bronze_rows']:,} = silver {r['silver_rows']:,} + replays {r['replays_dropped']:,} "
-            f"+ rejected {r['rejected_rows']:,}; unaccounted {r['unaccounted']}, counted twice {r['counted_twice']}, "
-            f"not in bronze {r['not_in_bronze']}"
+            f"+ rejected {r['rejected_rows']:,}; unaccounted {r['unaccounted']}, doubled or invented {r['extra_positions']}"
         )
     return CheckOutcome(
         ACCOUNTED_CHECK, passed, expected=total["bronze_rows"], actual=accounted, details=details,
