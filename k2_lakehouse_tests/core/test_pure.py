@@ -178,7 +178,8 @@ def test_vwap_is_exact_and_rounds_half_even() -> None:
 
 
 @pytest.mark.parametrize("name", ["silver_normalized", "silver_trades", "silver_trades_rejected", "gold_bars_from_trades",
-                                  "gold_bars_from_bars", "check_silver_accounting", "check_gold_against_silver", "check_bars_equal"])
+                                  "gold_bars_from_bars", "check_silver_accounting", "silver_totals", "check_gold_against_silver",
+                                  "check_bars_equal"])
 def test_sql_texts_transpile_to_spark(name: str) -> None:
     """One SQL text per transform, for both engines: sqlglot must carry it to Spark without DuckDB-only constructs."""
     import sqlglot

@@ -1,12 +1,6 @@
 -- Gold bars against silver trades, per exchange and symbol: trade counts, volumes and quote volumes
--- must be equal. Inputs: silver_trades (the silver day the bars were computed from), gold_bars.
-WITH silver AS (
-    SELECT exchange, symbol, count(*) AS trades, CAST(sum(quantity) AS DECIMAL(38, 8)) AS volume,
-        CAST(sum(quote_volume) AS DECIMAL(38, 16)) AS quote_volume
-    FROM silver_trades
-    GROUP BY exchange, symbol
-),
-gold AS (
+-- must be equal. Inputs: silver_totals (silver_totals.sql over the silver day the bars came from), gold_bars.
+WITH gold AS (
     SELECT exchange, symbol, CAST(sum(trade_count) AS BIGINT) AS trades, CAST(sum(volume) AS DECIMAL(38, 8)) AS volume,
         CAST(sum(quote_volume) AS DECIMAL(38, 16)) AS quote_volume
     FROM gold_bars
@@ -20,5 +14,5 @@ SELECT
     coalesce(sum(gold.trades), 0) AS gold_trades,
     CAST(coalesce(sum(silver.volume), 0) AS VARCHAR) AS silver_volume,
     CAST(coalesce(sum(gold.volume), 0) AS VARCHAR) AS gold_volume
-FROM silver
+FROM silver_totals AS silver
 FULL OUTER JOIN gold ON gold.exchange = silver.exchange AND gold.symbol = silver.symbol
