@@ -120,6 +120,7 @@ def audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine, layer_aud
 def write_audit_publish(
     outputs: list[Output], day: dt.date, engine: DuckDBEngine, layer_audit: LayerAudit, *,
     upstream: dict[str, int | None], data_version: str, run_id: str, started: float,
+    written_all: Callable[[], None] = lambda: None,
 ) -> dict[str, TableResult]:
     """Write and stage every output, audit them all, publish them all only if every check passed.
 
@@ -131,6 +132,7 @@ def write_audit_publish(
     try:
         for out in outputs:
             written.append((out, publish.write_files(out.table, out.contract, day, out.batches)))
+        written_all()  # the step can free what only the writing needed before the audit reads
         for out, files in written:
             staged[out.contract.qualified_name] = publish.stage(out.table, out.contract, day, files, summary)
         checks = audit({name: s.ref for name, s in staged.items()}, engine, layer_audit)

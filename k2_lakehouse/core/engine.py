@@ -21,7 +21,7 @@ import pyarrow as pa
 from k2_lakehouse.core.contracts import validate_identifier
 
 THREADS = 2  # this machine's cores; DuckDB would take them all anyway
-MEMORY_LIMIT = "1GB"  # DuckDB spills sorts and hash tables to disk past this: memory does not grow with the day
+MEMORY_LIMIT = "768MB"  # DuckDB spills sorts and hash tables to disk past this: memory does not grow with the day
 
 
 @cache
@@ -86,6 +86,10 @@ class DuckDBEngine:
     def materialize(self, name: str, sql: str) -> None:
         """Compute `sql` once into a temporary table (DuckDB keeps it compressed and spills past its limit)."""
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {validate_identifier(name)} AS {sql}")
+
+    def drop(self, name: str) -> None:
+        """Free a materialized table as soon as nothing needs it (its memory, or its spill files)."""
+        self.con.execute(f"DROP TABLE IF EXISTS {validate_identifier(name)}")
 
     def arrow(self, sql: str) -> pa.Table:
         return self.con.execute(sql).to_arrow_table()

@@ -46,7 +46,11 @@ ROW_GROUP_ROWS = 500_000
 
 
 def write_files(table: Table, contract: TableContract, day: dt.date, batches: Iterable[pa.RecordBatch]) -> WrittenFiles:
-    """Stream record batches into zstd Parquet files of the day; on any failure nothing is left behind."""
+    """Stream record batches into zstd Parquet files of the day; on any failure nothing is left behind.
+
+    Each row group is sorted by the contract's sort columns here, while the engine computes the next
+    batch: neighbours share values, so zstd packs them, at none of the cost of a global sort.
+    """
     written = WrittenFiles()
     directory = iceberg.data_directory(table, day)
     writer = stream = None
@@ -64,7 +68,8 @@ def write_files(table: Table, contract: TableContract, day: dt.date, batches: It
                 stream = table.io.new_output(path).create(overwrite=False)
                 writer = pq.ParquetWriter(stream, contract.arrow_schema, compression="zstd", write_statistics=True)
                 rows_in_file = 0
-            writer.write_batch(batch.cast(contract.arrow_schema), row_group_size=ROW_GROUP_ROWS)
+            ordered = pa.Table.from_batches([batch]).sort_by([(c, "ascending") for c in contract.sort_columns])
+            writer.write_table(ordered.cast(contract.arrow_schema), row_group_size=ROW_GROUP_ROWS)
             rows_in_file += batch.num_rows
             written.rows += batch.num_rows
         if writer is not None:

@@ -8,6 +8,7 @@ by DuckDB, which spills to disk rather than hold the day in memory.
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -20,6 +21,7 @@ from k2_lakehouse.core.contracts import TableContract, validate_identifier
 from k2_lakehouse.core.engine import DuckDBEngine
 
 VALIDATE_ROWS = 500_000  # rows per frame: bounds memory whatever the partition's size
+UNIQUE_MEMORY_LIMIT = "384MB"  # the uniqueness count runs beside the layer's own engine: a small share
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,23 @@ def validate_partition(
     stored = [f.name for f in table.schema().fields]
     if stored != contract.column_names:
         return ContractResult(0, 1, 0, [f"columns {stored} differ from the contract {contract.column_names}"])
-    schema = contract.pandera_schema(day)
-    rows = failures = 0
     examples: list[str] = []
     paths = iceberg.partition_files(table, contract, day, snapshot_id)
+    # DuckDB counts the key's duplicates on its own threads while Pandera goes through the batches.
+    with ThreadPoolExecutor(1, thread_name_prefix="k2-unique") as pool:
+        duplicates = pool.submit(duplicate_keys, paths, contract)
+        rows, failures = _validate_batches(table, contract, day, snapshot_id, examples, max_examples)
+        duplicates = duplicates.result()
+    if duplicates:
+        examples.append(f"{duplicates} rows repeat a key {contract.unique} already present in the partition")
+    return ContractResult(rows, failures, duplicates, examples)
+
+
+def _validate_batches(
+    table: Table, contract: TableContract, day: dt.date, snapshot_id: int | None, examples: list[str], max_examples: int
+) -> tuple[int, int]:
+    schema = contract.pandera_schema(day)
+    rows = failures = 0
     for batch in iceberg.partition_batches(table, contract, day, rows=VALIDATE_ROWS, snapshot_id=snapshot_id):
         try:  # writers differ in physical Arrow types (pyiceberg writes large_string): compare logical types
             batch = batch.cast(contract.arrow_schema)
@@ -60,10 +75,7 @@ def validate_partition(
             failures += len(cases)
             for case in cases.head(max_examples - len(examples)).itertuples():
                 examples.append(f"{case.column}: {case.check} failed for {case.failure_case!r}")
-    duplicates = duplicate_keys(paths, contract)
-    if duplicates:
-        examples.append(f"{duplicates} rows repeat a key {contract.unique} already present in the partition")
-    return ContractResult(rows, failures, duplicates, examples)
+    return rows, failures
 
 
 def duplicate_keys(paths: list[str], contract: TableContract) -> int:
@@ -71,7 +83,7 @@ def duplicate_keys(paths: list[str], contract: TableContract) -> int:
     if not paths:
         return 0
     key = ", ".join(validate_identifier(c) for c in contract.unique)
-    with DuckDBEngine() as engine:
+    with DuckDBEngine(memory_limit=UNIQUE_MEMORY_LIMIT) as engine:
         engine.register_files("partition_rows", paths, contract.arrow_schema)
         (extra,), = engine.con.execute(  # grouping is cheaper than DISTINCT over several columns
             f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM partition_rows GROUP BY {key} HAVING count(*) > 1)"

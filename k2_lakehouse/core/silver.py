@@ -39,6 +39,7 @@ def build_silver_day(cat: Catalog, day: dt.date, *, run_id: str = "") -> dict[st
         ]
         return write_audit_publish(
             outputs, day, eng, _audit, upstream=upstream, run_id=run_id, started=started, data_version=_version(bronze, day),
+            written_all=lambda: eng.drop("silver_normalized"),
         )
 
 

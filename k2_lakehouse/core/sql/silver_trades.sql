@@ -14,5 +14,4 @@ FROM (
     FROM silver_normalized
     WHERE reason IS NULL
 ) AS valid
-WHERE delivery = 1
-ORDER BY exchange, symbol, trade_ts, trade_id
+WHERE delivery = 1  -- no ORDER BY: the writer sorts each row group by the contract's sort columns

@@ -4,4 +4,3 @@ SELECT
     raw_symbol, raw_trade_id, raw_price, raw_quantity, raw_time, raw_side
 FROM silver_normalized
 WHERE reason IS NOT NULL
-ORDER BY exchange, kafka_partition, kafka_offset
