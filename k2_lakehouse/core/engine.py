@@ -21,7 +21,7 @@ import pyarrow as pa
 from k2_lakehouse.core.contracts import validate_identifier
 
 THREADS = 2  # this machine's cores; DuckDB would take them all anyway
-MEMORY_LIMIT = "768MB"  # DuckDB spills sorts and hash tables to disk past this: memory does not grow with the day
+MEMORY_LIMIT = "640MB"  # DuckDB spills sorts and hash tables to disk past this: memory does not grow with the day
 
 
 @cache
