@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
+from pyiceberg.table.update.snapshot import ManageSnapshots
 
 from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.iceberg import WrittenFiles
@@ -113,19 +114,22 @@ def stage(table: Table, contract: TableContract, day: dt.date, written: WrittenF
         branch = f"{AUDIT_BRANCH_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
             with table.transaction() as tx:
+                # Fork explicitly: a snapshot written to a branch that does not exist yet has no parent,
+                # and publishing it would replace every other day of the table with this one.
+                with ManageSnapshots(tx) as refs:
+                    refs.create_branch(snapshot_id=base, branch_name=branch)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # "did not match any records": the day is new, nothing to replace
                     tx.delete(iceberg.day_filter(contract, day), snapshot_properties=summary, branch=branch)
                 if written.paths:
                     tx.add_files(written.paths, snapshot_properties=summary, check_duplicate_files=False, branch=branch)
+                else:  # an empty day is still a built day: its commit records what it was built from
+                    tx.append(contract.arrow_schema.empty_table(), snapshot_properties=summary, branch=branch)
         except CommitFailedException:  # another commit to the table landed first (any branch): fork again
             _back_off(attempt)
             continue
         table.refresh()
-        ref = table.metadata.refs.get(branch)
-        # No ref: the day was empty and stays empty: the branch would equal main.
-        head = ref.snapshot_id if ref else base
-        return Staged(table, contract, day, written, summary, branch if ref else "", base, head)
+        return Staged(table, contract, day, written, summary, branch, base, table.metadata.refs[branch].snapshot_id)
     raise PublishConflict(f"{contract.qualified_name} {day}: could not stage after {MAX_ATTEMPTS} attempts")
 
 
@@ -134,8 +138,6 @@ def publish(staged: Staged) -> tuple[int, int]:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         table = staged.table
         table.refresh()
-        if not staged.branch:
-            return staged.snapshot_id, attempt
         failpoint("before_publish")
         if iceberg.snapshot_id(table) == staged.base_snapshot_id:
             try:
@@ -156,8 +158,7 @@ def publish(staged: Staged) -> tuple[int, int]:
 
 def discard(staged: Staged) -> None:
     """Drop the audit branch and its files: `main` stays exactly as it was."""
-    if staged.branch:
-        _drop_branch(staged.table, staged.branch)
+    _drop_branch(staged.table, staged.branch)
     staged.written.delete(staged.table)
 
 

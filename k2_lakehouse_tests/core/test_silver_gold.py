@@ -182,3 +182,22 @@ def test_late_trade_reaches_the_bars(built) -> None:
     bar = _rows(lake, GOLD_TABLES["1m"])[0]
     assert bar[3:] == (D("67000.1"), D("67100"), D("66990"), D("67100"), D("1.85"), D("123950.125"), D("67000.06756757"), 4)
     assert gold2["gold.ohlcv_1m"].upstream == {"silver.trades": silver2["silver.trades"].snapshot_id}
+
+
+def test_publishing_a_day_keeps_every_other_day(built) -> None:
+    """Each audit branch forks from main: publishing day D+1 leaves day D exactly as it was."""
+    lake, silver, gold = built
+    next_day = DAY + dt.timedelta(days=1)
+    insert_rows(lake.client(), BINANCE, [binance(5, 0, "BTCUSDT", 900, "1.00000000", "2.00000000", at(3, 0, 0, day=next_day), day=next_day)])
+    before = {c.qualified_name: _rows(lake, c) for c in (SILVER_TRADES, SILVER_REJECTED, *GOLD_TABLES.values())}
+    _offload_and_build(lake, next_day)
+    cat = iceberg.catalog(lake.settings)
+    for contract in (SILVER_TRADES, SILVER_REJECTED, *GOLD_TABLES.values()):
+        rows = _rows(lake, contract)
+        assert [r for r in rows if r in before[contract.qualified_name]] == before[contract.qualified_name]
+        table = cat.load_table(contract.identifier)
+        assert iceberg.partition_summary(table, DAY)["k2.partition"] == DAY.isoformat()  # the day's commit is in main's history
+    assert len(_rows(lake, SILVER_TRADES)) == len(EXPECTED_SILVER) + 1
+    from k2_lakehouse.core import gold as gold_layer, silver as silver_layer
+    assert silver_layer.is_current(cat, DAY) and gold_layer.is_current(cat, DAY)
+    assert silver_layer.is_current(cat, next_day) and gold_layer.is_current(cat, next_day)
