@@ -137,10 +137,9 @@ def write_audit_publish(
             staged[out.contract.qualified_name] = publish.stage(out.table, out.contract, day, files, summary)
         checks = audit({name: s.ref for name, s in staged.items()}, engine, layer_audit)
     except BaseException:
-        for s in staged.values():
-            publish.discard(s)
-        for out, files in written:
-            files.delete(out.table)
+        for out, files in written:  # a staged table's files go with its branch, the others alone
+            stage = staged.get(out.contract.qualified_name)
+            publish.discard(stage) if stage else files.delete(out.table)
         raise
     passed = all(c.passed for outcomes in checks.values() for c in outcomes)
     results = {}

@@ -136,7 +136,11 @@ def partition_batches(
     rows: int = 200_000, snapshot_id: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The rows of one day partition, one bounded record batch at a time (pyiceberg's readers buffer whole files)."""
-    for path in partition_files(table, contract, day, snapshot_id):
+    return read_files(table, partition_files(table, contract, day, snapshot_id), columns, rows=rows)
+
+
+def read_files(table: Table, paths: list[str], columns: list[str] | None = None, *, rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+    for path in paths:
         with table.io.new_input(path).open() as stream:
             yield from pq.ParquetFile(stream).iter_batches(batch_size=rows, columns=columns)
 

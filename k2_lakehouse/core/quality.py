@@ -47,7 +47,7 @@ def validate_partition(
     # DuckDB counts the key's duplicates on its own threads while Pandera goes through the batches.
     with ThreadPoolExecutor(1, thread_name_prefix="k2-unique") as pool:
         duplicates = pool.submit(duplicate_keys, paths, contract)
-        rows, failures = _validate_batches(table, contract, day, snapshot_id, examples, max_examples)
+        rows, failures = _validate_batches(table, contract, day, paths, examples, max_examples)
         duplicates = duplicates.result()
     if duplicates:
         examples.append(f"{duplicates} rows repeat a key {contract.unique} already present in the partition")
@@ -55,11 +55,11 @@ def validate_partition(
 
 
 def _validate_batches(
-    table: Table, contract: TableContract, day: dt.date, snapshot_id: int | None, examples: list[str], max_examples: int
+    table: Table, contract: TableContract, day: dt.date, paths: list[str], examples: list[str], max_examples: int
 ) -> tuple[int, int]:
     schema = contract.pandera_schema(day)
     rows = failures = 0
-    for batch in iceberg.partition_batches(table, contract, day, rows=VALIDATE_ROWS, snapshot_id=snapshot_id):
+    for batch in iceberg.read_files(table, paths, rows=VALIDATE_ROWS):
         try:  # writers differ in physical Arrow types (pyiceberg writes large_string): compare logical types
             batch = batch.cast(contract.arrow_schema)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:

@@ -173,7 +173,6 @@ def test_rerun_is_idempotent(built) -> None:
 
 def test_late_trade_reaches_the_bars(built) -> None:
     lake, silver, _ = built
-    cat = iceberg.catalog(lake.settings)
     bronze_before = silver["silver.trades"].upstream
     insert_rows(lake.client(), BINANCE, [binance(0, 4, "BTCUSDT", 103, "67100.00000000", "0.10000000", at(0, 0, 50))])
     silver2, gold2 = _offload_and_build(lake)

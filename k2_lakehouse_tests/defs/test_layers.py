@@ -3,7 +3,6 @@ concurrency and crashes."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import subprocess
 import sys
