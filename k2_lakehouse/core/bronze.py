@@ -21,16 +21,33 @@ class BronzeDay:
     checks: list[CheckOutcome]
 
 
-def build_bronze_day(settings: Settings, hot: HotTable, day: dt.date, *, run_id: str = "") -> BronzeDay:
+def build_bronze_day(
+    settings: Settings, hot: HotTable, day: dt.date, *, run_id: str = "", verified: reconcile.Verified | None = None
+) -> BronzeDay:
+    """Offload the day, then check it: only what this run added when the last passing check (`verified`)
+    covered the watermark this run started from; else, or when unknown, the whole partition."""
     with hot_tier.hot_tier_errors(settings):
         client = hot_tier.connect(settings)
         try:
             table = iceberg.bronze_table(iceberg.catalog(settings), hot)
             result = offload_day(table, client, hot, day, batch_rows=settings.batch_rows, run_id=run_id)
-            recon = reconcile.reconcile(table, client, hot, day, result.watermark_after)
+            rows = iceberg.partition_rows(table, hot.bronze, day, result.snapshot_id)  # manifests only: no data read
+            # Rows beyond what was verified plus what this run wrote came from elsewhere: check everything.
+            incremental = (
+                verified is not None and verified.watermark == result.watermark_before and rows == verified.rows + result.rows
+            )
+            if incremental:  # a few thousand new rows cost a few thousand rows of checking, however big the day
+                recon = reconcile.reconcile_increment(
+                    table, client, hot, day, verified, result.watermark_after, result.paths, rows,
+                )
+            else:
+                recon = reconcile.reconcile(table, client, hot, day, result.watermark_after)
         finally:
             client.disconnect()
-    contract = quality.validate_partition(table, hot.bronze, day)
+    if incremental:
+        contract = quality.validate_files(table, hot.bronze, day, list(result.paths))
+    else:
+        contract = quality.validate_partition(table, hot.bronze, day, snapshot_id=result.snapshot_id)
     return BronzeDay(result, recon, [contract_outcome(contract, hot.bronze), exactly_once_outcome(recon)])
 
 
@@ -43,6 +60,7 @@ def exactly_once_outcome(recon: reconcile.Reconciliation) -> CheckOutcome:
             "missing": recon.missing,
             "checksum_match": recon.checksum_match,
             "not_yet_offloaded": recon.not_yet_offloaded,
+            "scope": recon.scope,
         },
         description="bronze rows = distinct feed positions = hot positions up to the watermark",
     )

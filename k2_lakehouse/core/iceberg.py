@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import sqlalchemy.exc
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.manifest import DataFile
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
 from pyiceberg.table import Table
@@ -122,13 +123,21 @@ def partition_files(table: Table, contract: TableContract, day: dt.date, snapsho
 
     K2 writes one day per data file and never writes delete files, so the planned files are exactly the partition.
     """
-    scan = table.scan(row_filter=day_filter(contract, day), snapshot_id=snapshot_id)
-    paths = []
-    for task in scan.plan_files():
+    return [f.file_path for f in _partition_data_files(table, contract, day, snapshot_id)]
+
+
+def partition_rows(table: Table, contract: TableContract, day: dt.date, snapshot_id: int | None = None) -> int:
+    """Rows of one day partition at a snapshot, from the manifests' record counts: no data file is read."""
+    return sum(f.record_count for f in _partition_data_files(table, contract, day, snapshot_id))
+
+
+def _partition_data_files(table: Table, contract: TableContract, day: dt.date, snapshot_id: int | None) -> list[DataFile]:
+    files = []
+    for task in table.scan(row_filter=day_filter(contract, day), snapshot_id=snapshot_id).plan_files():
         if task.delete_files:
             raise RuntimeError(f"{task.file.file_path} has delete files; K2 tables are written whole-file only")
-        paths.append(task.file.file_path)
-    return paths
+        files.append(task.file)
+    return files
 
 
 def partition_batches(

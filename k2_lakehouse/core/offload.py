@@ -57,6 +57,7 @@ class OffloadResult:
     duration_s: float
     attempts: int  # commit attempts made, recommits included: 0 when nothing was missing
     summary: dict[str, str] = field(default_factory=dict)
+    paths: tuple[str, ...] = ()  # the data files this run committed: what an incremental check reads
 
     @property
     def rows_per_s(self) -> float:
@@ -124,6 +125,7 @@ def offload_day(
             return OffloadResult(
                 ".".join(hot.bronze_identifier), day, written.rows, before, after, snapshot_id,
                 len(written.paths), written.bytes, time.perf_counter() - started, attempts, summary,
+                tuple(written.paths),
             )
         _back_off(attempts, 0.05, 0.3)  # concurrent writers of this day: back off, then re-read W
 

@@ -39,11 +39,18 @@ class ContractResult:
 def validate_partition(
     table: Table, contract: TableContract, day: dt.date, *, snapshot_id: int | None = None, max_examples: int = 5
 ) -> ContractResult:
+    return validate_files(table, contract, day, iceberg.partition_files(table, contract, day, snapshot_id), max_examples=max_examples)
+
+
+def validate_files(
+    table: Table, contract: TableContract, day: dt.date, paths: list[str], *, max_examples: int = 5
+) -> ContractResult:
+    """The contract over some data files of one day partition: all of them, or the ones a run just added
+    (the unique key is then checked among those files only; the caller proves them disjoint from the rest)."""
     stored = [f.name for f in table.schema().fields]
     if stored != contract.column_names:
         return ContractResult(0, 1, 0, [f"columns {stored} differ from the contract {contract.column_names}"])
     examples: list[str] = []
-    paths = iceberg.partition_files(table, contract, day, snapshot_id)
     # DuckDB counts the key's duplicates on its own threads while Pandera goes through the batches.
     with ThreadPoolExecutor(1, thread_name_prefix="k2-unique") as pool:
         duplicates = pool.submit(duplicate_keys, paths, contract)

@@ -69,6 +69,35 @@ def test_rerun_copies_nothing_more(lake: Lake) -> None:
     assert _assert_exactly_once(lake, table).actual == 800
 
 
+def test_incremental_reconciliation_reads_only_what_a_run_added(lake: Lake) -> None:
+    """The bounded check agrees with the whole-partition one, and fails with numbers when it should."""
+    client = lake.client()
+    insert_binance(client, DAY, 0, range(0, 50))
+    table = _table(lake)
+    first = offload.offload_day(table, client, BINANCE, DAY)
+    ok = reconcile.reconcile_increment(table, client, BINANCE, DAY, reconcile.NOTHING_VERIFIED, first.watermark_after, first.paths, 50)
+    assert ok.exactly_once and ok.incremental and (ok.expected, ok.actual) == (50, 50)
+    doubled = reconcile.reconcile_increment(  # the same file counted twice: 50 positions repeat
+        table, client, BINANCE, DAY, reconcile.NOTHING_VERIFIED, first.watermark_after, first.paths * 2, 100,
+    )
+    assert not doubled.exactly_once and doubled.duplicates == 50 and doubled.difference == 50
+
+    insert_binance(client, DAY, 0, range(50, 80))
+    insert_binance(client, DAY, 0, range(90, 95))  # not yet offloaded when the check runs: lag, not an error
+    verified = reconcile.Verified(first.watermark_after, 50)
+    second = offload.offload_day(table, client, BINANCE, DAY)
+    assert second.rows == 35
+    insert_binance(client, DAY, 0, range(95, 99))
+    added = reconcile.reconcile_increment(table, client, BINANCE, DAY, verified, second.watermark_after, second.paths, 85)
+    assert added.exactly_once and (added.expected, added.actual, added.not_yet_offloaded) == (85, 85, 4)
+    wrong_files = reconcile.reconcile_increment(  # files outside (verified, after]: never taken for the new rows
+        table, client, BINANCE, DAY, verified, second.watermark_after, first.paths, 85,
+    )
+    assert not wrong_files.exactly_once and not wrong_files.checksum_match and wrong_files.missing == 35
+    full = reconcile.reconcile(table, client, BINANCE, DAY, second.watermark_after)
+    assert (full.expected, full.actual, full.not_yet_offloaded, full.exactly_once) == (85, 85, 4, True)
+
+
 def test_watermark_and_lineage_are_in_the_same_commit(lake: Lake) -> None:
     client = lake.client()
     insert_binance(client, DAY, 0, range(10))
