@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# K2 Lakehouse: the two front-door commands.
-#   ./dev.sh demo   set everything up, seed one day of trades, build all nine tables, verify every layer
+# K2 Lakehouse: the front-door commands.
+#   ./dev.sh live   set everything up and run the live system (feed, Dagster UI on :3000, daemon) until Ctrl-C
+#   ./dev.sh demo   one-shot: set everything up, seed one day of trades, build all nine tables, verify every layer
 #   ./dev.sh test   set everything up and run every test (pytest starts its own ClickHouse and PostgreSQL)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,9 +11,18 @@ setup() {
   python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
   [ -x .venv/bin/python ] || python3 -m uv venv --quiet .venv --python python3.11
   python3 -m uv pip install --quiet --python .venv/bin/python -e '.[test]'
+  # The UI test drives Debian's chromium through playwright (never `playwright install`): ~80 s, once.
+  if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
 }
 
 case "${1:-}" in
+  live)
+    setup
+    shift
+    exec .venv/bin/k2 live "$@"
+    ;;
   demo)
     setup
     export PATH="$PWD/.venv/bin:$PATH"
@@ -32,7 +42,7 @@ case "${1:-}" in
     exec .venv/bin/python -m pytest "$@"
     ;;
   *)
-    echo "usage: $0 demo|test [pytest args]" >&2
+    echo "usage: $0 live [k2 live options] | demo | test [pytest args]" >&2
     exit 2
     ;;
 esac

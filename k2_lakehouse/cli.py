@@ -66,57 +66,38 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    from k2_lakehouse.core import gold, hot_tier, iceberg, reconcile, silver
-    from k2_lakehouse.core.contracts import HOT_TABLES
-    from k2_lakehouse.core.report import format_table
+    from k2_lakehouse.core.verify import verify
 
-    results = []
-    bronze_days: set[dt.date] = set()
-    with hot_tier.hot_tier_errors(settings):
-        client = hot_tier.connect(settings)
-        cat = iceberg.catalog(settings)
-        for hot in HOT_TABLES.values():
-            table = iceberg.bronze_table(cat, hot)
-            days = set(hot_tier.high_offsets_by_day(client, hot)) | set(iceberg.watermarked_days(table))
-            if args.date:
-                days &= {args.date}
-            bronze_days |= days
-            if "bronze" in args.layers:
-                results += reconcile.verify(table, client, hot, sorted(days))
-    header = ("table", "day", "hot rows", "hot positions", "bronze rows", "duplicates", "missing", "checksum", "status")
-    if results:
-        print(format_table(header, [
-            (r.table, r.day, f"{r.hot_rows:,}", f"{r.hot_positions:,}", f"{r.actual:,}", r.duplicates,
-             r.missing + r.not_yet_offloaded, "match" if r.checksum_match else "DIFFERS", "ok" if r.in_sync else "MISMATCH")
-            for r in results
-        ]))
-        print()
-    layers = []  # (table, day, its check outcomes)
-    for day in sorted(bronze_days):
-        for layer, verify_day in (("silver", silver.verify_day), ("gold", gold.verify_day)):
-            if layer in args.layers:
-                layers += [(name, day, outcomes) for name, outcomes in verify_day(cat, day).items()]
-    if layers:
-        print(format_table(("table", "day", "checks passed", "status"), [
-            (name, day, f"{sum(c.passed for c in outcomes)}/{len(outcomes)}", "ok" if all(c.passed for c in outcomes) else "MISMATCH")
-            for name, day, outcomes in layers
-        ]))
-    failed = [(name, day, c) for name, day, outcomes in layers for c in outcomes if not c.passed]
-    for name, day, c in failed:
-        print(f"  {name} {day} {c.name}: expected {_short(c.expected)}, actual {_short(c.actual)}, difference {_short(c.difference)}")
-    bad = len([r for r in results if not r.in_sync]) + len({(name, day) for name, day, _ in failed})
-    print(f"{len(results)} bronze and {len(layers)} silver/gold table-days checked, {bad} mismatched")
-    return 1 if bad else 0
+    result = verify(settings, [args.date] if args.date else None, args.layers)
+    print(result.report())
+    return 1 if result.mismatched else 0
 
 
-def _short(value: object) -> str:
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+def _live(settings: Settings, args: argparse.Namespace) -> int:
+    from k2_lakehouse import live
+
+    options = live.LiveOptions(
+        port=args.port, rate=args.rate, history_days=args.history_days, history_rows=args.history_rows,
+        duration=args.duration, feed_duration=args.feed_duration, keep_services=args.keep_services,
+    )
+    return live.run(settings, options, log=lambda line: print(line, flush=True))
+
+
+def _duration(text: str) -> float:
+    from k2_lakehouse.live import parse_duration
+
+    try:
+        return parse_duration(text)
+    except K2Error as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from k2_lakehouse import bench
 
-    measure = bench.day if args.what == "day" else bench.offload
+    if args.what == "freshness":
+        return bench.freshness(settings, duration_s=args.duration)
+    measure = {"day": bench.day, "incremental": bench.incremental}.get(args.what, bench.offload)
     return measure(settings, rows=args.rows, small_rows=args.small_rows)
 
 
@@ -153,16 +134,38 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated layers to verify (default: bronze,silver,gold)")
     v.set_defaults(handler=_verify)
 
+    lv = sub.add_parser(
+        "live", help="run the whole system: services, history, live feed, Dagster webserver and daemon, until Ctrl-C",
+        description="Brings the services up, seeds --history-days days of history once, then runs the live feed, "
+        "the Dagster webserver (127.0.0.1 only) and the Dagster daemon, logging to K2_HOME/live/. Ctrl-C, SIGTERM, "
+        "--for or `k2 services down` stops every process it started, and the services if it started them.",
+    )
+    lv.add_argument("--port", type=int, default=3000, help="Dagster UI port on 127.0.0.1 (default: 3000)")
+    lv.add_argument("--rate", type=float, default=100.0, help="live trades per second per exchange (default: 100)")
+    lv.add_argument("--history-days", type=int, default=3, help="days before today (UTC) to seed once (default: 3)")
+    lv.add_argument("--history-rows", type=int, default=200_000, help="trades per history day per exchange (default: 200000)")
+    lv.add_argument("--for", dest="duration", type=_duration, default=None, metavar="DURATION",
+                    help="stop after this long once up, e.g. 90s, 10m, 1h (default: until Ctrl-C)")
+    lv.add_argument("--keep-services", action="store_true",
+                    help="leave ClickHouse and PostgreSQL running on exit even if this command started them")
+    lv.add_argument("--feed-for", dest="feed_duration", type=_duration, default=None, metavar="DURATION",
+                    help="the feed stops after this long while the rest keeps running (default: it runs until the end)")
+    lv.set_defaults(handler=_live)
+
     b = sub.add_parser(
         "bench", help="throughput and peak memory against naive baselines, on a private bench corner",
         description="offload (default): the bronze offload per table, against row tuples + pandas + one append. "
         "day: one whole day, all tables through `k2 run` (Dagster included), at two sizes; bronze alone, then "
         "silver + gold; and silver + gold the plain pandas way (k2_lakehouse/baseline.py), compared table by table. "
-        "Results in K2_HOME/bench/results.json and day_results.json.",
+        "incremental: sensor-sized bronze runs (5,000 new trades per exchange) on a day of --rows trades, "
+        "checked incrementally, beside the same runs checked over the whole partition. "
+        "freshness: `k2 live` on the bench corner; seconds from a trade's insert into ClickHouse to bronze and to gold. "
+        "Results in K2_HOME/bench/*results.json.",
     )
-    b.add_argument("what", nargs="?", choices=["offload", "day"], default="offload", help="what to measure (default: offload)")
+    b.add_argument("what", nargs="?", choices=["offload", "day", "incremental", "freshness"], default="offload", help="what to measure (default: offload)")
     b.add_argument("--rows", type=int, default=4_000_000, help="trades per exchange for the large run")
     b.add_argument("--small-rows", type=int, default=1_000_000, help="trades per exchange for the memory comparison")
+    b.add_argument("--duration", type=float, default=300.0, help="freshness: seconds of sampling (default: 300)")
     b.set_defaults(handler=_bench)
     return p
 

@@ -1,13 +1,17 @@
-"""The code location's Definitions (workspace.yaml loads it): each layer's own, merged, plus shared resources."""
+"""The code location's Definitions (workspace.yaml loads it): each layer's own, merged, plus the triggers
+and shared resources."""
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
-from k2_lakehouse.defs import bronze, gold, silver
+from k2_lakehouse.defs import automation, bronze, gold, hot, silver
 from k2_lakehouse.defs.resources import LakehouseResource
 
 defs = Definitions.merge(
+    hot.defs,
     bronze.defs,
     silver.defs,
     gold.defs,
-    Definitions(resources={"lakehouse": LakehouseResource()}),
+    automation.defs,
+    # Steps run in the run's own process: a process per step would load the definitions again (~7 s each).
+    Definitions(resources={"lakehouse": LakehouseResource()}, executor=in_process_executor),
 )

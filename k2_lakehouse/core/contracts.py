@@ -229,6 +229,12 @@ class HotTable:
     def sort_columns(self) -> list[str]:
         return list(self.bronze.sort_columns)
 
+    @property
+    def hot_asset_path(self) -> list[str]:
+        """The hot table itself as an (external) asset, upstream of its bronze asset: hot/trades_<exchange>, named
+        like its bronze copy (the ClickHouse table name is in the asset's metadata)."""
+        return ["hot", self.bronze.name]
+
     def clickhouse_type(self, column: Column) -> str:
         return _CLICKHOUSE_TYPES[column.type]
 
@@ -410,3 +416,87 @@ GOLD_TABLES: dict[str, TableContract] = {i.name: ohlcv_contract(i) for i in INTE
 TABLES: tuple[TableContract, ...] = (
     *(t.bronze for t in HOT_TABLES.values()), SILVER_TRADES, SILVER_REJECTED, *GOLD_TABLES.values(),
 )
+
+
+# --- column lineage --------------------------------------------------------------------------------
+# Where every column of a derived table comes from, as (upstream table, upstream column) pairs: declared once,
+# here beside the contracts, read off the SQL texts in `sql/` (the Dagster shell shows it as column lineage;
+# `k2_lakehouse_tests/core/test_lineage.py` checks that every column has an entry and every source exists).
+
+Upstream = TableContract | HotTable
+
+
+@dataclass(frozen=True)
+class ColumnSource:
+    table: Upstream
+    column: str
+
+
+def _from(table: Upstream, *columns: str) -> tuple[ColumnSource, ...]:
+    return tuple(ColumnSource(table, c) for c in columns)
+
+
+def _per_exchange(binance: tuple[str, ...], kraken: tuple[str, ...]) -> tuple[ColumnSource, ...]:
+    return (*_from(BINANCE.bronze, *binance), *_from(KRAKEN.bronze, *kraken))
+
+
+# `exchange` in silver is the constant of the bronze table a row was read from ('binance' or 'kraken',
+# silver_normalized.sql): no column feeds it, so its sources are empty.
+_SILVER_COMMON: dict[str, tuple[ColumnSource, ...]] = {
+    "exchange": (),
+    "kafka_partition": _per_exchange(("kafka_partition",), ("kafka_partition",)),
+    "kafka_offset": _per_exchange(("kafka_offset",), ("kafka_offset",)),
+}
+
+_LINEAGE: dict[str, dict[str, tuple[ColumnSource, ...]]] = {
+    SILVER_TRADES.qualified_name: {
+        **_SILVER_COMMON,
+        "symbol": _per_exchange(("symbol",), ("pair",)),  # through the symbol map (symbols.csv)
+        "exchange_symbol": _per_exchange(("symbol",), ("pair",)),
+        "trade_id": _per_exchange(("trade_id",), ("trade_id",)),
+        "price": _per_exchange(("price",), ("price",)),
+        "quantity": _per_exchange(("quantity",), ("volume",)),
+        "quote_volume": _per_exchange(("price", "quantity"), ("price", "volume")),
+        "side": _per_exchange(("is_buyer_maker",), ("side",)),
+        "trade_ts": _per_exchange(("trade_time",), ("time",)),
+    },
+    SILVER_REJECTED.qualified_name: {
+        **_SILVER_COMMON,
+        "trade_date": _per_exchange(("trade_date",), ("trade_date",)),
+        # the first failing rule: message shape, symbol, trade time, price, quantity (silver_normalized.sql)
+        "reason": _per_exchange(("event_type", "symbol", "trade_time", "price", "quantity"),
+                                ("side", "pair", "time", "price", "volume")),
+        "raw_symbol": _per_exchange(("symbol",), ("pair",)),
+        "raw_trade_id": _per_exchange(("trade_id",), ("trade_id",)),
+        "raw_price": _per_exchange(("price",), ("price",)),
+        "raw_quantity": _per_exchange(("quantity",), ("volume",)),
+        "raw_time": _per_exchange(("trade_time",), ("time",)),
+        "raw_side": _per_exchange(("is_buyer_maker",), ("side",)),
+    },
+}
+
+# Every interval's bars are a function of the silver trades (gold_bars_from_trades.sql); coarser intervals
+# are computed from the finer bars (gold_bars_from_bars.sql), which is the same function of the same silver
+# columns (the `agrees_with_finer` check holds it to that), so each gold table's sources are silver's.
+_GOLD_LINEAGE: dict[str, tuple[ColumnSource, ...]] = {
+    "exchange": _from(SILVER_TRADES, "exchange"),
+    "symbol": _from(SILVER_TRADES, "symbol"),
+    "window_start": _from(SILVER_TRADES, "trade_ts"),
+    "open": _from(SILVER_TRADES, "price", "trade_ts", "trade_id"),  # first trade by (trade_ts, trade_id)
+    "high": _from(SILVER_TRADES, "price"),
+    "low": _from(SILVER_TRADES, "price"),
+    "close": _from(SILVER_TRADES, "price", "trade_ts", "trade_id"),  # last trade by (trade_ts, trade_id)
+    "volume": _from(SILVER_TRADES, "quantity"),
+    "quote_volume": _from(SILVER_TRADES, "quote_volume"),
+    "vwap": _from(SILVER_TRADES, "quote_volume", "quantity"),  # sum(quote_volume) / sum(quantity)
+    "trade_count": _from(SILVER_TRADES, "trade_id"),  # one silver row per trade identity
+}
+_LINEAGE.update({c.qualified_name: _GOLD_LINEAGE for c in GOLD_TABLES.values()})
+
+
+def lineage(contract: TableContract) -> dict[str, tuple[ColumnSource, ...]]:
+    """Column -> the upstream columns it is computed from. Bronze is an exact copy of its hot table."""
+    for hot in HOT_TABLES.values():
+        if contract is hot.bronze:
+            return {c: _from(hot, c) for c in hot.column_names}
+    return _LINEAGE.get(contract.qualified_name, {})

@@ -184,13 +184,15 @@ class PartitionRef:
         return partition_files(self.table, self.contract, self.day, self.snapshot_id)
 
 
-def partition_summary(table: Table, day: dt.date) -> dict[str, str]:
-    """The snapshot summary of the last commit on `main` that wrote day `day` ({} if none did).
+def partition_summary(table: Table, day: dt.date, snapshot_id: int | None = None) -> dict[str, str]:
+    """The snapshot summary of the last commit that wrote day `day` ({} if none did), on `main` or, given
+    `snapshot_id`, in that snapshot's ancestry.
 
-    Silver and gold commits record their partition, inputs and data version in the summary; walking
-    `main`'s ancestry (metadata already in memory) finds the one that made the day what it is.
+    Every K2 commit records its partition (and bronze its watermark, silver and gold their inputs and data
+    version) in the summary; walking the ancestry (metadata already in memory) finds the one that made
+    the day what it is.
     """
-    snapshot = table.current_snapshot()
+    snapshot = table.current_snapshot() if snapshot_id is None else table.snapshot_by_id(snapshot_id)
     while snapshot is not None:
         summary = snapshot.summary.additional_properties if snapshot.summary else {}
         if summary.get("k2.partition") == day.isoformat():

@@ -120,7 +120,10 @@ def up(settings: Settings, *, log: Log = print) -> None:
 
 
 def down(settings: Settings, *, log: Log = print) -> None:
-    """Stop what `up` started under this K2_HOME; idempotent."""
+    """Stop what `up` started under this K2_HOME, a running `k2 live` first (it uses them); idempotent."""
+    from k2_lakehouse import live  # stdlib + core only, no Dagster; local: it imports this module
+
+    live.stop(settings, log=log)
     paths = _Paths.of(settings)
     _stop_clickhouse(paths, log)
     _stop_postgres(paths, log)

@@ -5,6 +5,7 @@ Nothing is read at import time: call `Settings.from_env()` where a setting is ne
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,12 @@ DEFAULT_CLICKHOUSE_PORT = 19000
 DEFAULT_CLICKHOUSE_HTTP_PORT = 18123
 DEFAULT_POSTGRES_PORT = 15432
 CATALOG_NAME = "k2"
+# The first day of the daily partitions (K2_FIRST_DAY). A fixed date, not one computed from the clock: the
+# partition set must be the same in every process that loads the definitions (webserver, daemon, run
+# workers, `k2 run`) and across reloads, or days move in and out of the UI and runs for them fail; it is
+# at or before every day the tests and the demos use. Set K2_FIRST_DAY to the first day of your data to
+# show only the days that can hold data (`k2 services env` prints it).
+DEFAULT_FIRST_DAY = dt.date(2026, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class Settings:
     dagster_home: Path
     clickhouse_http_port: int
     batch_rows: int  # rows per streamed read from the hot tier (bounds memory)
+    first_day: dt.date = DEFAULT_FIRST_DAY  # K2_FIRST_DAY: the first daily partition (UTC) Dagster knows
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -45,6 +53,7 @@ class Settings:
             dagster_home=Path(env.get("DAGSTER_HOME") or home / "dagster").resolve(),
             clickhouse_http_port=_int(env, "K2_CLICKHOUSE_HTTP_PORT", DEFAULT_CLICKHOUSE_HTTP_PORT),
             batch_rows=_int(env, "K2_BATCH_ROWS", 1_000_000),
+            first_day=_date(env, "K2_FIRST_DAY", DEFAULT_FIRST_DAY),
         )
 
     @property
@@ -66,6 +75,7 @@ class Settings:
             "K2_WAREHOUSE": self.warehouse,
             "K2_BATCH_ROWS": str(self.batch_rows),
             "DAGSTER_HOME": str(self.dagster_home),
+            "K2_FIRST_DAY": self.first_day.isoformat(),
         }
 
 
@@ -99,6 +109,16 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _date(env: dict[str, str], name: str, default: dt.date) -> dt.date:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a date YYYY-MM-DD, got {raw!r}") from None
 
 
 def redact(url: str) -> str:

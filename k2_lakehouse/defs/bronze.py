@@ -3,11 +3,11 @@
 import datetime as dt
 
 from dagster import (
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetRecordsFilter,
     AssetsDefinition,
+    DagsterInstance,
     DataVersion,
     Definitions,
     MaterializeResult,
@@ -20,8 +20,9 @@ from k2_lakehouse.core.audit import CONTRACT_CHECK
 from k2_lakehouse.core.bronze import EXACTLY_ONCE_CHECK, build_bronze_day
 from k2_lakehouse.core.contracts import HOT_TABLES, HotTable
 from k2_lakehouse.core.hot_tier import Watermark
+from k2_lakehouse.core.reconcile import NOTHING_VERIFIED, Verified
 from k2_lakehouse.defs.partitions import daily_partitions
-from k2_lakehouse.defs.reporting import check_result, table_metadata
+from k2_lakehouse.defs.reporting import OWNERS, check_result, check_spec, table_metadata
 from k2_lakehouse.defs.resources import LakehouseResource
 
 
@@ -31,24 +32,28 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
     @asset(
         key=key,
         group_name="bronze",
+        deps=[AssetKey(hot.hot_asset_path)],  # the ClickHouse hot table (defs/hot.py)
         partitions_def=daily_partitions,
-        kinds={"iceberg", "clickhouse"},
+        kinds={"iceberg", "clickhouse", "pandera"},
+        owners=OWNERS,
         description=f"Exact copy of ClickHouse k2.{hot.name} in Iceberg, one row per feed position, "
         "offloaded incrementally and exactly once.",
         metadata=table_metadata(hot.bronze),
         check_specs=[
-            AssetCheckSpec(CONTRACT_CHECK, asset=key, blocking=True,
-                           description="Pandera table contract; (kafka_partition, kafka_offset) unique over the day"),
-            AssetCheckSpec(EXACTLY_ONCE_CHECK, asset=key, blocking=True,
-                           description="bronze rows = distinct feed positions = hot positions up to the watermark"),
+            check_spec(hot.bronze, CONTRACT_CHECK, "Pandera table contract; (kafka_partition, kafka_offset) unique over the day"),
+            check_spec(hot.bronze, EXACTLY_ONCE_CHECK, "bronze rows = distinct feed positions = hot positions up to the watermark"),
         ],
         # One writer per table at a time keeps commit races rare; the offload survives them anyway.
         pool=f"iceberg_{hot.name}",
     )
     def bronze_trades(context: AssetExecutionContext, lakehouse: LakehouseResource) -> MaterializeResult:
-        recorded = _dagster_watermark(context, key)
-        built = build_bronze_day(lakehouse.settings(), hot, dt.date.fromisoformat(context.partition_key), run_id=context.run_id)
+        recorded, verified = recorded_watermarks(context.instance, key, context.partition_key)
+        built = build_bronze_day(
+            lakehouse.settings(), hot, dt.date.fromisoformat(context.partition_key), run_id=context.run_id, verified=verified,
+        )
         result = built.offload
+        checked = built.reconciliation
+        now_verified = Verified(result.watermark_after, checked.actual) if all(c.passed for c in built.checks) else verified
         if recorded != result.watermark_before:
             context.log.warning(
                 f"Dagster recorded watermark {recorded} but Iceberg holds {result.watermark_before} (a run died "
@@ -61,9 +66,13 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
         return MaterializeResult(
             metadata={
                 "rows_appended": result.rows,
-                "dagster/row_count": built.reconciliation.actual,
+                "dagster/row_count": checked.actual,
                 "watermark_before": MetadataValue.json({str(p): o for p, o in result.watermark_before.items()}),
                 "watermark": MetadataValue.json({str(p): o for p, o in result.watermark_after.items()}),
+                "checked": checked.scope,
+                # Checks passed up to here: the next run checks only what it adds above this.
+                **({"verified_watermark": MetadataValue.json({str(p): o for p, o in now_verified.watermark.items()}),
+                    "verified_rows": now_verified.rows} if now_verified else {}),
                 "watermark_recovered_from_iceberg": recorded != result.watermark_before,
                 "snapshot_id": MetadataValue.text(str(result.snapshot_id)),
                 "files_written": result.files,
@@ -81,13 +90,18 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
     return bronze_trades
 
 
-def _dagster_watermark(context: AssetExecutionContext, key: AssetKey) -> Watermark:
-    """The watermark the last materialization of this partition recorded in Dagster ({} if none)."""
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1
-    ).records
-    entry = records[0].asset_materialization.metadata.get("watermark") if records else None
-    return {int(p): int(o) for p, o in entry.value.items()} if entry is not None else {}
+def recorded_watermarks(instance: DagsterInstance, key: AssetKey, partition: str) -> tuple[Watermark, Verified | None]:
+    """The watermark the last materialization of this partition recorded in Dagster ({} if none), and how
+    far its checks had passed (None if unknown: the next check then reads the whole partition)."""
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+    if not records:
+        return {}, NOTHING_VERIFIED
+    metadata = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+    recorded = {int(p): int(o) for p, o in (metadata.get("watermark") or {}).items()}
+    watermark, rows = metadata.get("verified_watermark"), metadata.get("verified_rows")
+    if watermark is None or rows is None:
+        return recorded, None
+    return recorded, Verified({int(p): int(o) for p, o in watermark.items()}, int(rows))
 
 
 bronze_assets = [build_bronze_asset(hot) for hot in HOT_TABLES.values()]

@@ -3,14 +3,24 @@
 import datetime as dt
 from collections.abc import Callable, Sequence
 
-from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, AssetsDefinition, AssetSpec, multi_asset
+from dagster import AssetCheckSpec, AutomationCondition, AssetExecutionContext, AssetKey, AssetsDefinition, AssetSpec, multi_asset
 from pyiceberg.catalog import Catalog
 
 from k2_lakehouse.core.audit import TableResult
 from k2_lakehouse.core.contracts import TableContract
 from k2_lakehouse.defs.partitions import daily_partitions
-from k2_lakehouse.defs.reporting import asset_key, report, table_metadata
+from k2_lakehouse.defs.reporting import OWNERS, asset_key, report, table_metadata
 from k2_lakehouse.defs.resources import LakehouseResource
+
+# Rebuild a day once any upstream day changed and every blocking check upstream passed: any day, not only
+# the latest (late trades reach yesterday's bronze), and without eager()'s wait for missing upstream days
+# (an exchange with no trades on a day never materializes that day's bronze).
+FOLLOW_UPSTREAM = (
+    AutomationCondition.any_deps_updated().since_last_handled()
+    & AutomationCondition.all_deps_blocking_checks_passed()
+    & ~AutomationCondition.any_deps_in_progress()
+    & ~AutomationCondition.in_progress()
+).with_label("follows upstream once its blocking checks pass")
 
 LayerStep = Callable[..., dict[str, TableResult]]  # (catalog, day, *, run_id) -> what it did per table
 
@@ -25,16 +35,18 @@ def layer_asset(
         name=name,
         specs=[
             AssetSpec(asset_key(c), deps=deps, group_name=group, description=c.doc, kinds={"iceberg", "duckdb", "pandera"},
-                      metadata=table_metadata(c), partitions_def=daily_partitions)
+                      owners=OWNERS, metadata=table_metadata(c), partitions_def=daily_partitions,
+                      automation_condition=FOLLOW_UPSTREAM)
             for c in contracts
         ],
         check_specs=check_specs,
         partitions_def=daily_partitions,
         # One computation whose tables are audited together and published only together.
         can_subset=False,
+        pool=f"iceberg_{name}",  # one run per step at a time: its tables' days are replaced, not appended
     )
     def layer_day(context: AssetExecutionContext, lakehouse: LakehouseResource):
         catalog: Catalog = lakehouse.catalog()
-        yield from report(step(catalog, dt.date.fromisoformat(context.partition_key), run_id=context.run_id))
+        yield from report(step(catalog, dt.date.fromisoformat(context.partition_key), run_id=context.run_id), catalog)
 
     return layer_day

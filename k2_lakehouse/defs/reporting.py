@@ -1,10 +1,13 @@
 """From core results to what Dagster records: check results with their numbers, materialization metadata,
-column schemas derived from the table contracts."""
+column schemas and column lineage derived from the table contracts, gold's chart."""
 
 from __future__ import annotations
 
+import base64
 import warnings
 from collections.abc import Iterator
+
+import pyarrow as pa
 
 from dagster import (
     AssetCheckResult,
@@ -17,12 +20,20 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     TableColumn,
+    TableColumnDep,
+    TableColumnLineage,
     TableSchema,
 )
 from dagster_pandera import pandera_schema_to_dagster_type
+from pyiceberg.catalog import Catalog
 
+from k2_lakehouse.core import charts, iceberg
 from k2_lakehouse.core.audit import CheckOutcome, TableResult, failed_checks
-from k2_lakehouse.core.contracts import TableContract
+from k2_lakehouse.core.contracts import GOLD_TABLES, ColumnSource, HotTable, TableContract, lineage
+from k2_lakehouse.defs.partitions import daily_partitions
+
+# Who answers for every asset (shown in the UI, used by alerting): one team, in one place.
+OWNERS = ["team:data-platform"]
 
 
 def asset_key(contract: TableContract) -> AssetKey:
@@ -45,11 +56,27 @@ def column_schema(contract: TableContract) -> TableSchema:
 
 
 def table_metadata(contract: TableContract) -> dict:
-    return {"dagster/column_schema": column_schema(contract), "dagster/table_name": contract.qualified_name}
+    metadata = {"dagster/column_schema": column_schema(contract), "dagster/table_name": contract.qualified_name}
+    if lineage(contract):
+        metadata["dagster/column_lineage"] = column_lineage(contract)
+    return metadata
+
+
+def source_key(table: TableContract | HotTable) -> AssetKey:
+    return AssetKey(table.hot_asset_path) if isinstance(table, HotTable) else asset_key(table)
+
+
+def column_lineage(contract: TableContract) -> TableColumnLineage:
+    """The contract's declared column lineage (`contracts.lineage`) as Dagster shows it."""
+    def deps(sources: tuple[ColumnSource, ...]) -> list[TableColumnDep]:
+        return [TableColumnDep(asset_key=source_key(s.table), column_name=s.column) for s in sources]
+
+    return TableColumnLineage(deps_by_column={column: deps(sources) for column, sources in lineage(contract).items()})
 
 
 def check_spec(contract: TableContract, name: str, description: str) -> AssetCheckSpec:
-    return AssetCheckSpec(name, asset=asset_key(contract), blocking=True, description=description)
+    # Partitioned like the table: each day has its own check result, and automation gates on that day's.
+    return AssetCheckSpec(name, asset=asset_key(contract), blocking=True, description=description, partitions_def=daily_partitions)
 
 
 def check_result(contract: TableContract, outcome: CheckOutcome) -> AssetCheckResult:
@@ -66,7 +93,7 @@ def check_result(contract: TableContract, outcome: CheckOutcome) -> AssetCheckRe
     )
 
 
-def report(results: dict[str, TableResult]) -> Iterator[MaterializeResult | AssetCheckResult]:
+def report(results: dict[str, TableResult], catalog: Catalog | None = None) -> Iterator[MaterializeResult | AssetCheckResult]:
     """Materializations when the audit passed and `main` moved; otherwise the failing checks, then a failed step.
 
     A failed audit left `main` as it was, so nothing was materialized: the step fails with the check's
@@ -76,7 +103,7 @@ def report(results: dict[str, TableResult]) -> Iterator[MaterializeResult | Asse
         for r in results.values():
             yield MaterializeResult(
                 asset_key=asset_key(r.contract),
-                metadata=materialization_metadata(r),
+                metadata={**materialization_metadata(r), **(gold_chart(catalog, r) if catalog is not None else {})},
                 check_results=[check_result(r.contract, c) for c in r.checks],
                 data_version=DataVersion(r.data_version),
             )
@@ -104,3 +131,23 @@ def materialization_metadata(r: TableResult) -> dict:
         "duration_s": round(r.duration_s, 3),
         "publish_attempts": r.publish_attempts,
     }
+
+
+_GOLD = {c.qualified_name for c in GOLD_TABLES.values()}
+_CHART_COLUMNS = ["exchange", "symbol", "window_start", "open", "close", "quote_volume"]
+
+
+def gold_chart(catalog: Catalog, r: TableResult) -> dict:
+    """A gold table's materialization carries a picture of its own bars of the day, as published."""
+    if r.contract.qualified_name not in _GOLD or r.snapshot_id is None:
+        return {}
+    table = catalog.load_table(r.contract.identifier)
+    schema = r.contract.arrow_schema
+    bars = pa.Table.from_batches(
+        list(iceberg.partition_batches(table, r.contract, r.day, _CHART_COLUMNS, snapshot_id=r.snapshot_id)),
+        schema=pa.schema([schema.field(c) for c in _CHART_COLUMNS]),
+    )
+    png = charts.bars_chart_png(bars, f"{r.contract.qualified_name} {r.day}: close of the busiest series")
+    if png is None:
+        return {}
+    return {"bars_chart": MetadataValue.md(f"![bars of the day](data:image/png;base64,{base64.b64encode(png).decode()})")}

@@ -14,6 +14,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, materialize
 from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.contracts import BINANCE
 from k2_lakehouse.definitions import defs
+from k2_lakehouse.defs.partitions import FIRST_DAY
 from k2_lakehouse.defs.bronze import bronze_assets
 from k2_lakehouse.defs.resources import LakehouseResource
 from k2_lakehouse_tests.support import Lake, insert_binance
@@ -51,7 +52,7 @@ def test_definitions_load_and_validate() -> None:
     for key in bronze:
         node = graph.get(key)
         assert node.group_name == "bronze"
-        assert node.partitions_def is not None and node.partitions_def.get_partition_keys()[0] == "2024-01-01"
+        assert node.partitions_def is not None and node.partitions_def.get_partition_keys()[0] == FIRST_DAY.isoformat()
     schema = graph.get(BINANCE_KEY).metadata["dagster/column_schema"]
     columns = {c.name: c for c in schema.columns}
     assert list(columns) == BINANCE.column_names  # derived from the one contract
@@ -92,6 +93,15 @@ def test_materialize_records_watermark_and_checks(lake: Lake) -> None:
         ).records
         assert len(records) == 2
 
+        # An incremental run checks what it added on top of what the last passing checks covered.
+        insert_binance(client, DAY, 3, range(100, 120))
+        more = _materialize(instance)
+        meta, (passed, numbers) = _metadata(more), _checks(more)["bronze/trades_binance:exactly_once"]
+        assert meta["checked"] == "rows added" and meta["rows_appended"] == 20
+        assert meta["verified_rows"] == 520 and meta["verified_watermark"] == {"0": 399, "3": 119}
+        assert passed and (numbers["expected"], numbers["actual"], numbers["scope"]) == (520, 520, "rows added")
+        assert _checks(more)["bronze/trades_binance:pandera_contract"][1]["rows_checked"] == 20
+
 
 def test_checks_fail_on_a_corrupted_partition(lake: Lake) -> None:
     """The checks can fail: rows appended behind the offload's back are caught with the numbers."""
@@ -107,6 +117,7 @@ def test_checks_fail_on_a_corrupted_partition(lake: Lake) -> None:
         result = _materialize(instance, raise_on_error=False)
         passed, numbers = _checks(result)["bronze/trades_binance:exactly_once"]
         assert not passed
+        assert numbers["scope"] == "whole partition"  # rows the offload did not write: check everything
         assert numbers["expected"] == 50 and numbers["actual"] == 54
         assert numbers["difference"] == 4 and numbers["duplicates"] == 3
         contract_passed, contract = _checks(result)["bronze/trades_binance:pandera_contract"]
@@ -139,6 +150,7 @@ def test_killed_between_iceberg_commit_and_dagster_event(lake: Lake) -> None:
     assert any("Iceberg wins" in m for m in messages)
     assert meta["watermark_recovered_from_iceberg"] is True
     assert meta["rows_appended"] == 0 and meta["dagster/row_count"] == 300 and meta["watermark"] == {"0": 299}
+    assert meta["checked"] == "whole partition"  # Dagster never saw the commit: its checks are re-done in full
     verify = subprocess.run([sys.executable, "-m", "k2_lakehouse.cli", "verify", "--layers", "bronze"], env={**os.environ, **lake.env}, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout
 

@@ -57,14 +57,22 @@ def test_lineage_groups_and_blocking_checks() -> None:
     Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"bronze/trades_binance", "bronze/trades_kraken", "silver/trades", "silver/trades_rejected",
-                    *(f"gold/ohlcv_{i}" for i in ("1m", "5m", "15m", "30m", "1h", "1d"))}
+    assert keys == {"hot/trades_binance", "hot/trades_kraken", "bronze/trades_binance", "bronze/trades_kraken",
+                    "silver/trades", "silver/trades_rejected", *(f"gold/ohlcv_{i}" for i in ("1m", "5m", "15m", "30m", "1h", "1d"))}
+    for hot in (BINANCE, KRAKEN):  # the ClickHouse hot tables: external, upstream of their bronze copies
+        node = graph.get(AssetKey(hot.hot_asset_path))
+        assert not node.is_executable and node.group_name == "hot_tier" and node.kinds == {"clickhouse"}
+        assert graph.get(AssetKey(hot.asset_path)).parent_keys == {node.key}
+    assert all(graph.get(k).owners == ["team:data-platform"] for k in graph.get_all_asset_keys())
     assert {p.to_user_string() for p in graph.get(SILVER_KEY).parent_keys} == {"bronze/trades_binance", "bronze/trades_kraken"}
     for key in GOLD_KEYS:
         node = graph.get(key)
         assert node.parent_keys == {SILVER_KEY} and node.group_name == "gold"
         assert node.partitions_def == graph.get(SILVER_KEY).partitions_def  # day-to-day mapping
         assert [c.name for c in node.metadata["dagster/column_schema"].columns] == GOLD_TABLES[key.path[-1].removeprefix("ohlcv_")].column_names
+        assert {d.asset_key for deps in node.metadata["dagster/column_lineage"].deps_by_column.values() for d in deps} == {SILVER_KEY}
+    symbol = graph.get(SILVER_KEY).metadata["dagster/column_lineage"].deps_by_column["symbol"]
+    assert {(d.asset_key.to_user_string(), d.column_name) for d in symbol} == {("bronze/trades_binance", "symbol"), ("bronze/trades_kraken", "pair")}
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert ("silver/trades", "every_position_accounted_for") in checks and ("silver/trades", "pandera_contract") in checks
     assert ("gold/ohlcv_1m", "matches_silver") in checks and ("gold/ohlcv_5m", "agrees_with_finer") in checks
