@@ -44,6 +44,15 @@ PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 MIB = 1024 * 1024
 
 
+def _bench_corner(settings: Settings, bench: Settings | None = None) -> tuple[Settings, dict[str, str], Path]:
+    """The bench corner's settings, the environment of its child processes and an emptied log directory."""
+    bench = bench or bench_settings(settings)
+    logs = settings.home / "bench" / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    return bench, {**os.environ, **bench.exports()}, logs
+
+
 def bench_settings(settings: Settings) -> Settings:
     server = settings.iceberg_catalog_uri.rsplit("/", 1)[0]
     return dataclasses.replace(
@@ -216,11 +225,7 @@ class Measured:
 def day(settings: Settings, *, rows: int, small_rows: int) -> int:
     from k2_lakehouse.core import feed
 
-    bench = bench_settings(settings)
-    env = {**os.environ, **bench.exports()}
-    logs = settings.home / "bench" / "logs"
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
+    bench, env, logs = _bench_corner(settings)
 
     _reset_hot(settings)
     print(f"seeding {small_rows:,} trades/exchange on {SMALL_DAY} and {rows:,} on {LARGE_DAY} into {BENCH_DB} ...", flush=True)
@@ -291,11 +296,7 @@ def incremental(settings: Settings, *, rows: int, small_rows: int) -> int:
     know what earlier checks covered): the baseline of the same run."""
     from k2_lakehouse.core import feed
 
-    bench = bench_settings(settings)
-    env = {**os.environ, **bench.exports()}
-    logs = settings.home / "bench" / "logs"
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
+    bench, env, logs = _bench_corner(settings)
     _reset_hot(settings)
     _reset_lake(settings, bench, env, logs)
     print(f"seeding {rows:,} trades/exchange on {LARGE_DAY} into {BENCH_DB} ...", flush=True)
@@ -365,11 +366,9 @@ def freshness(settings: Settings, *, duration_s: float, rate: float = 100.0) -> 
     from k2_lakehouse.core.contracts import HOT_TABLES
     from k2_lakehouse.core.freshness import gold_watermark
 
-    bench = dataclasses.replace(bench_settings(settings), first_day=dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=2))
-    env = {**os.environ, **bench.exports()}
-    logs = settings.home / "bench" / "logs"
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
+    bench, env, logs = _bench_corner(
+        settings, dataclasses.replace(bench_settings(settings), first_day=dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=2)),
+    )
     _reset_hot(settings)
     _reset_lake(settings, bench, env, logs)
     port = _free_port()

@@ -15,6 +15,7 @@ an unrelated process that reused a pid. Stdlib only: no Dagster import here.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import json
@@ -124,6 +125,22 @@ def seed_history(
 # ------------------------------------------------------------------------------------- the supervisor
 
 
+def first_day(settings: Settings, history_days: int) -> dt.date:
+    """The first daily partition the webserver, daemon and runs agree on: the earliest day of the hot tier
+    (or of the history about to be seeded), never before `settings.first_day` (K2_FIRST_DAY), so a stray
+    message dated 1970 does not stretch the UI over half a century."""
+    from k2_lakehouse.core import hot_tier
+    from k2_lakehouse.core.contracts import HOT_TABLES
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    client = hot_tier.connect(settings)
+    try:
+        days = {day for hot in HOT_TABLES.values() for day in hot_tier.high_offsets_by_day(client, hot)}
+    finally:
+        client.disconnect()
+    return max(settings.first_day, min(days | {today - dt.timedelta(days=history_days)}))
+
+
 class _Interrupted(KeyboardInterrupt):
     """A stop signal arrived during a start-up step (a KeyboardInterrupt, so `feed.seed` finishes its blocks)."""
 
@@ -164,6 +181,8 @@ def run(settings: Settings, options: LiveOptions, *, log: Log = print) -> int:
             services.up(settings, log=log)
             os.environ.update(settings.exports())  # the same instance, lake and hot tier for every child
             seed_history(settings, options.history_days, options.history_rows, progress=sys.stderr.isatty(), log=log)
+            settings = dataclasses.replace(settings, first_day=first_day(settings, options.history_days))
+            os.environ.update(settings.exports())  # K2_FIRST_DAY: the partitions start where the data does
             blocking[0] = False
             if stop.is_set():
                 return 0

@@ -128,3 +128,16 @@ def insert_rows(client, hot, rows: list[dict]) -> None:
         np.array([r.get(c.name, now) for r in rows], dtype=dtypes[hot.clickhouse_type(c)]) for c in hot.columns
     ]
     client.execute(f"INSERT INTO {hot.name} ({', '.join(hot.column_names)}) VALUES", columns, columnar=True)
+
+
+def graphql(port: int, query: str) -> dict:
+    """One query to a local Dagster webserver's GraphQL endpoint."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from playwright.sync_api import expect, sync_playwright
 from k2_lakehouse import runner
 from k2_lakehouse.core import feed
 from k2_lakehouse.core.contracts import BINANCE, HOT_TABLES
-from k2_lakehouse_tests.support import Lake, free_ports
+from k2_lakehouse_tests.support import Lake, free_ports, graphql
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "docs" / "screenshots"
@@ -64,15 +62,6 @@ _CENTRE = """() => {
 }"""
 
 
-def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
-
-
 @pytest.fixture
 def built_day(lake: Lake) -> dt.date:
     """A small day of trades on both exchanges, built through every layer (today: the latest partition,
@@ -99,14 +88,14 @@ def webserver(lake: Lake, built_day: dt.date) -> Iterator[int]:
         deadline = time.monotonic() + 120
         while True:
             try:
-                if _graphql(port, "{ assetNodes { id } }")["data"]["assetNodes"]:
+                if graphql(port, "{ assetNodes { id } }")["data"]["assetNodes"]:
                     break
             except OSError:
                 pass
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "dagster-webserver did not serve the assets in 120 s"
             time.sleep(0.5)
-        assert _graphql(port, "mutation { setNuxSeen }")["data"]["setNuxSeen"]  # no "join the community" dialog
+        assert graphql(port, "mutation { setNuxSeen }")["data"]["setNuxSeen"]  # no "join the community" dialog
         yield port
     finally:
         group = [p for p in psutil.process_iter() if _pgid(p) == proc.pid]
@@ -129,7 +118,7 @@ def test_the_ui_shows_lineage_materializations_and_the_gold_chart(lake: Lake, bu
     base = f"http://127.0.0.1:{webserver}"
     day = built_day.isoformat()
     # The open-source UI draws column lineage only in Dagster+; the API serves what the definitions declare.
-    entries = _graphql(webserver, COLUMN_LINEAGE)["data"]["assetNodeOrError"]["metadataEntries"]
+    entries = graphql(webserver, COLUMN_LINEAGE)["data"]["assetNodeOrError"]["metadataEntries"]
     lineage = {e["columnName"]: {("/".join(d["assetKey"]["path"]), d["columnName"]) for d in e["columnDeps"]}
                for e in next(m["lineage"] for m in entries if "lineage" in m)}
     assert lineage["symbol"] == {("bronze/trades_binance", "symbol"), ("bronze/trades_kraken", "pair")}

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from k2_lakehouse_tests.support import Lake, free_ports
+from k2_lakehouse_tests.support import Lake, free_ports, graphql
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = "{ assetNodes { assetKey { path } groupName isPartitioned hasAssetChecks } }"
-
-
-def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
 
 
 def test_webserver_loads_the_workspace(lake: Lake) -> None:
@@ -38,7 +27,7 @@ def test_webserver_loads_the_workspace(lake: Lake) -> None:
         deadline = time.monotonic() + 90
         while True:
             try:
-                nodes = _graphql(port, QUERY)["data"]["assetNodes"]
+                nodes = graphql(port, QUERY)["data"]["assetNodes"]
                 if nodes:
                     break
             except OSError:

@@ -128,6 +128,13 @@ def stage(table: Table, contract: TableContract, day: dt.date, written: WrittenF
         except CommitFailedException:  # another commit to the table landed first (any branch): fork again
             _back_off(attempt)
             continue
+        except ValueError as exc:
+            # A new branch asserts nothing about the table's other refs, so a concurrent commit is caught
+            # only when the catalog applies our snapshot to the newer metadata: nothing was committed.
+            if "sequence number" not in str(exc):
+                raise
+            _back_off(attempt)
+            continue
         table.refresh()
         return Staged(table, contract, day, written, summary, branch, base, table.metadata.refs[branch].snapshot_id)
     raise PublishConflict(f"{contract.qualified_name} {day}: could not stage after {MAX_ATTEMPTS} attempts")

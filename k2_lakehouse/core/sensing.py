@@ -1,14 +1,19 @@
-"""What the hot-tier sensor asks for: the (table, day) pairs whose feed offsets moved past bronze's watermark.
+"""What the hot-tier sensor asks for: a bronze run for the day whose feed offsets moved past bronze's watermark.
 
-Pure logic over three inputs, so restarts and outages are easy to reason about and to test:
+Pure logic over four inputs, so restarts and outages are easy to reason about and to test:
 - the hot tier's high offsets now, per table and day;
-- the cursor: per table and day, the high offsets already handled (requested, or found already copied);
-- the watermark each bronze partition last recorded (Dagster's materialization metadata).
+- the cursor: per table and day, the high offsets already handled (requested, or found already copied),
+  and since when each day still waiting has been waiting;
+- the watermark each bronze partition last recorded (Dagster's materialization metadata);
+- whether a bronze run is queued or in flight.
 
-A pair is requested once per set of high offsets: its run key names them, so a restarted daemon that
-re-evaluates an old cursor cannot request the same work twice, and a pair is re-requested as soon as
-the feed moves again. A table with a run queued or in flight is left for the next tick (and out of the
-new cursor), so runs never pile up behind the one-run-per-table limit and nothing is missed meanwhile.
+A (table, day) pair is requested once per set of high offsets: the run key names them, so a restarted
+daemon that re-evaluates an old cursor cannot request the same work twice, and a pair is requested again
+as soon as the feed moves. One bronze run at a time, for one day and every table that moved on it: each
+daemon-launched run pays a process start, and while bronze runs back to back its checks are always in
+progress, which holds silver and gold back (their automation waits for passed checks). The newest day
+goes first (a live feed moves it all the time); an older day (late trades) goes first once it has waited
+`late_after_s`. Days not requested stay out of the cursor and are compared again next tick.
 """
 
 from __future__ import annotations
@@ -20,47 +25,69 @@ from dataclasses import dataclass
 
 from k2_lakehouse.core.hot_tier import Watermark, missing_ranges
 
-Cursor = dict[str, dict[str, dict[str, int]]]  # table -> ISO day -> {partition: high offset handled}
+Cursor = dict  # {"handled": {table: {ISO day: {partition: high}}}, "waiting": {ISO day: since (s)}}
+LATE_AFTER_S = 300.0  # an older day waits at most this long behind the newest one
 
 
 @dataclass(frozen=True)
 class BronzeRequest:
-    table: str  # the hot table's name, e.g. trades_binance
+    """One bronze run: every table whose offsets moved on `day`, with the offsets it is for."""
+
     day: dt.date
-    high: Watermark  # the hot tier's high offsets this request is for
+    highs: dict[str, Watermark]  # table (e.g. trades_binance) -> the hot tier's high offsets
+
+    @property
+    def tables(self) -> list[str]:
+        return sorted(self.highs)
 
     @property
     def run_key(self) -> str:
-        offsets = ",".join(f"{p}:{o}" for p, o in sorted(self.high.items()))
-        return f"{self.table}/{self.day.isoformat()}/{offsets}"
+        return "/".join(
+            [self.day.isoformat(), *(f"{t}:{','.join(f'{p}:{o}' for p, o in sorted(self.highs[t].items()))}" for t in self.tables)]
+        )
 
 
-def bronze_requests(
+def bronze_request(
     highs: Mapping[str, Mapping[dt.date, Watermark]],
     cursor: Cursor,
     recorded: Callable[[str, dt.date], Watermark],
-    busy: set[str] = frozenset(),
-) -> tuple[list[BronzeRequest], Cursor]:
-    """The runs to request now and the cursor to store with them.
+    *,
+    busy: bool = False,
+    now: float = 0.0,
+    late_after_s: float = LATE_AFTER_S,
+) -> tuple[BronzeRequest | None, Cursor]:
+    """The run to request now (none while a bronze run is queued or in flight) and the cursor to store.
 
     `highs`: table -> day -> the hot tier's high offsets; `recorded(table, day)`: bronze's watermark as
-    last recorded; `busy`: tables with a bronze run queued or in flight (their days wait a tick).
+    last recorded; `now`: the clock, in seconds.
     """
-    requests: list[BronzeRequest] = []
-    new_cursor: Cursor = {}
+    handled_all, waiting_all = cursor.get("handled", {}), cursor.get("waiting", {})
+    new_cursor: Cursor = {"handled": {}, "waiting": {}}
+    pending: dict[dt.date, dict[str, Watermark]] = {}
     for table, days in highs.items():
-        seen = cursor.get(table, {})
-        if table in busy:  # keep what was handled; compare again once the run is done
-            new_cursor[table] = {day: high for day, high in seen.items() if dt.date.fromisoformat(day) in days}
-            continue
-        handled = new_cursor.setdefault(table, {})
+        seen = handled_all.get(table, {})
+        handled = new_cursor["handled"][table] = {d: h for d, h in seen.items() if dt.date.fromisoformat(d) in days}
         for day, high in days.items():
-            key = day.isoformat()
-            encoded = {str(p): o for p, o in sorted(high.items())}
-            if seen.get(key) != encoded and missing_ranges(recorded(table, day), high):
-                requests.append(BronzeRequest(table, day, dict(high)))
-            handled[key] = encoded  # days that left the hot tier drop out of the cursor with it
-    return requests, new_cursor
+            key, encoded = day.isoformat(), _encode(high)
+            if seen.get(key) == encoded:
+                continue
+            if not busy and not missing_ranges(recorded(table, day), high):
+                handled[key] = encoded  # copied already (by another run): nothing to do
+                continue
+            pending.setdefault(day, {})[table] = dict(high)
+    waiting = new_cursor["waiting"] = {d.isoformat(): waiting_all.get(d.isoformat(), now) for d in pending}
+    if busy or not pending:
+        return None, new_cursor
+    overdue = [d for d in pending if now - waiting[d.isoformat()] >= late_after_s]
+    day = min(overdue, key=lambda d: waiting[d.isoformat()]) if overdue else max(pending)
+    for table, high in pending[day].items():
+        new_cursor["handled"][table][day.isoformat()] = _encode(high)
+    del waiting[day.isoformat()]
+    return BronzeRequest(day, pending[day]), new_cursor
+
+
+def _encode(high: Watermark) -> dict[str, int]:
+    return {str(p): o for p, o in sorted(high.items())}
 
 
 def encode_cursor(cursor: Cursor) -> str:
@@ -74,4 +101,6 @@ def decode_cursor(raw: str | None) -> Cursor:
         cursor = json.loads(raw) if raw else {}
     except ValueError:
         return {}
-    return cursor if isinstance(cursor, dict) else {}
+    if not isinstance(cursor, dict) or not all(isinstance(cursor.get(k, {}), dict) for k in ("handled", "waiting")):
+        return {}
+    return cursor

@@ -3,13 +3,13 @@ automation conditions (evaluated by the daemon) rebuild silver and gold after th
 whatever slipped through, freshness checks watch the result, and a daily schedule verifies whole partitions."""
 
 import datetime as dt
+import time
 import warnings
 
 from dagster import (
     AssetKey,
     AssetSelection,
     AutomationConditionSensorDefinition,
-    DagsterInstance,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -43,8 +43,9 @@ from k2_lakehouse.defs.partitions import daily_partitions
 from k2_lakehouse.defs.resources import LakehouseResource
 
 SENSOR_INTERVAL_S = 10  # the hot tier is polled this often: most of the ≤ 60 s budget to bronze is run start-up
-BRONZE_TAG = "k2/bronze"  # on every run the sensor requests: dagster.yaml allows one queued-to-running run per value
+BRONZE_TAG = "k2/bronze"  # the day, on every run the sensor requests: dagster.yaml lets one such run go at a time
 TRIGGER_TAG = "k2/trigger"
+SENSOR = "hot_tier_sensor"
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
     DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING,
@@ -55,9 +56,10 @@ LAKEHOUSE = AssetSelection.groups("bronze", "silver", "gold")
 
 
 @sensor(
-    name="hot_tier_sensor",
-    description="Requests a bronze run for each (table, day) whose hot-tier offsets moved past the watermark "
-    "bronze last recorded; one run key per set of offsets, so nothing is requested twice.",
+    name=SENSOR,
+    description="Requests a bronze run for the day whose hot-tier offsets moved past the watermark bronze last "
+    "recorded, for every table that moved; one run key per set of offsets, so nothing is requested twice; one run "
+    "at a time, the newest day first, an older day once it has waited 5 minutes.",
     minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=DefaultSensorStatus.RUNNING,
     target=AssetSelection.groups("bronze"),
@@ -74,24 +76,21 @@ def hot_tier_sensor(context: SensorEvaluationContext, lakehouse: LakehouseResour
     except HotTierUnavailable as exc:  # report and try again next tick; the cursor stays as it was
         return SkipReason(str(exc))
     highs = {name: _in_partition_range(context, name, days) for name, days in highs.items()}
-    busy = {name for name in BRONZE_KEYS if _in_flight(context.instance, name)}
-    requests, cursor = sensing.bronze_requests(
+    busy = bool(context.instance.get_run_records(RunsFilter(statuses=IN_FLIGHT, tags={TRIGGER_TAG: SENSOR}), limit=1))
+    request, cursor = sensing.bronze_request(
         highs, sensing.decode_cursor(context.cursor),
         recorded=lambda name, day: recorded_watermarks(context.instance, BRONZE_KEYS[name], day.isoformat())[0],
-        busy=busy,
+        busy=busy, now=time.time(),
     )
+    if request is None:
+        return SensorResult(cursor=sensing.encode_cursor(cursor), skip_reason="waiting for the bronze run in flight" if busy
+                            else "bronze is level with the hot tier")
     return SensorResult(
-        run_requests=[
-            RunRequest(
-                run_key=r.run_key, partition_key=r.day.isoformat(), asset_selection=[BRONZE_KEYS[r.table]],
-                tags={BRONZE_TAG: r.table, TRIGGER_TAG: "hot_tier_sensor"},
-            )
-            for r in requests
-        ],
+        run_requests=[RunRequest(
+            run_key=request.run_key, partition_key=request.day.isoformat(),
+            asset_selection=[BRONZE_KEYS[t] for t in request.tables], tags={BRONZE_TAG: request.day.isoformat(), TRIGGER_TAG: SENSOR},
+        )],
         cursor=sensing.encode_cursor(cursor),
-        skip_reason=None if requests else (
-            f"waiting for the bronze runs in flight of {', '.join(sorted(busy))}" if busy else "bronze is level with the hot tier"
-        ),
     )
 
 
@@ -101,10 +100,6 @@ def _in_partition_range(context: SensorEvaluationContext, name: str, days: dict[
     if outside:
         context.log.warning(f"{name}: {len(outside)} hot days before K2_FIRST_DAY={first} ({outside[0]} ...) are not offloaded")
     return {day: high for day, high in days.items() if day >= first}
-
-
-def _in_flight(instance: DagsterInstance, table: str) -> bool:
-    return bool(instance.get_run_records(RunsFilter(statuses=IN_FLIGHT, tags={BRONZE_TAG: table}), limit=1))
 
 
 automation_sensor = AutomationConditionSensorDefinition(
@@ -132,6 +127,8 @@ def catch_up_schedule(context: ScheduleEvaluationContext, lakehouse: LakehouseRe
         days = runner.pending_partitions(lakehouse.settings(), runner.ALL)
     except HotTierUnavailable as exc:
         return SkipReason(str(exc))
+    first = daily_partitions.get_first_partition_key()
+    days = [day for day in days if day >= first]  # ISO dates compare as strings; earlier days are not partitions
     tick = context.scheduled_execution_time.isoformat()
     return [RunRequest(run_key=f"catch_up/{day}/{tick}", partition_key=day, tags={TRIGGER_TAG: "catch_up"}) for day in days] or \
         SkipReason("every table is current")
@@ -162,7 +159,8 @@ freshness_checks = build_last_update_freshness_checks(
     assets=[*BRONZE_KEYS.values(), *GOLD_KEYS], lower_bound_delta=dt.timedelta(minutes=5),
 )
 freshness_sensor = build_sensor_for_freshness_checks(
-    freshness_checks=freshness_checks, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
+    # Each evaluation is a run, and each run a process start: every 2 minutes is plenty for a 5-minute bound.
+    freshness_checks=freshness_checks, minimum_interval_seconds=120, default_status=DefaultSensorStatus.RUNNING,
 )
 
 defs = Definitions(

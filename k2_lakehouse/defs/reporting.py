@@ -138,16 +138,23 @@ _CHART_COLUMNS = ["exchange", "symbol", "window_start", "open", "close", "quote_
 
 
 def gold_chart(catalog: Catalog, r: TableResult) -> dict:
-    """A gold table's materialization carries a picture of its own bars of the day, as published."""
+    """A gold table's materialization carries a picture of its own bars of the day, as published.
+
+    Drawn after the publish: a chart that cannot be drawn says why instead of failing a step whose tables
+    are already on `main` (Dagster would then not record what Iceberg holds).
+    """
     if r.contract.qualified_name not in _GOLD or r.snapshot_id is None:
         return {}
-    table = catalog.load_table(r.contract.identifier)
-    schema = r.contract.arrow_schema
-    bars = pa.Table.from_batches(
-        list(iceberg.partition_batches(table, r.contract, r.day, _CHART_COLUMNS, snapshot_id=r.snapshot_id)),
-        schema=pa.schema([schema.field(c) for c in _CHART_COLUMNS]),
-    )
-    png = charts.bars_chart_png(bars, f"{r.contract.qualified_name} {r.day}: close of the busiest series")
+    try:
+        table = catalog.load_table(r.contract.identifier)
+        schema = r.contract.arrow_schema
+        bars = pa.Table.from_batches(
+            list(iceberg.partition_batches(table, r.contract, r.day, _CHART_COLUMNS, snapshot_id=r.snapshot_id)),
+            schema=pa.schema([schema.field(c) for c in _CHART_COLUMNS]),
+        )
+        png = charts.bars_chart_png(bars, f"{r.contract.qualified_name} {r.day}: close of the busiest series")
+    except Exception as exc:  # noqa: BLE001 - cosmetic: never fail a published step
+        return {"bars_chart": MetadataValue.text(f"chart not drawn: {type(exc).__name__}: {exc}")}
     if png is None:
         return {}
     return {"bars_chart": MetadataValue.md(f"![bars of the day](data:image/png;base64,{base64.b64encode(png).decode()})")}

@@ -4,6 +4,7 @@ Dagster instance stored in PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from dagster import (
@@ -19,7 +20,7 @@ from dagster import (
 from dagster._core.test_utils import create_run_for_test
 
 from k2_lakehouse.definitions import defs
-from k2_lakehouse.defs.automation import BRONZE_TAG, catch_up_schedule, hot_tier_sensor
+from k2_lakehouse.defs.automation import BRONZE_TAG, TRIGGER_TAG, catch_up_schedule, hot_tier_sensor
 from k2_lakehouse.defs.bronze import bronze_assets
 from k2_lakehouse.defs.layers import FOLLOW_UPSTREAM
 from k2_lakehouse.defs.resources import LakehouseResource
@@ -34,9 +35,9 @@ def _tick(instance: DagsterInstance, cursor: str | None):
         return hot_tier_sensor(context)
 
 
-def _requested(result) -> list[tuple[str, str, str]]:
+def _requested(result) -> list[tuple[str, str, list[str]]]:
     assert isinstance(result, SensorResult), result
-    return [(r.tags[BRONZE_TAG], r.partition_key, r.run_key) for r in result.run_requests]
+    return [(r.partition_key, r.run_key, sorted(k.to_user_string() for k in r.asset_selection)) for r in result.run_requests]
 
 
 def test_hot_tier_sensor_requests_each_moved_day_once(lake: Lake) -> None:
@@ -44,8 +45,8 @@ def test_hot_tier_sensor_requests_each_moved_day_once(lake: Lake) -> None:
     insert_binance(client, DAY, 0, range(100))
     with DagsterInstance.get() as instance:  # PostgreSQL-backed, like the daemon's
         first = _tick(instance, None)
-        assert _requested(first) == [("trades_binance", "2026-03-14", "trades_binance/2026-03-14/0:99")]
-        assert first.run_requests[0].asset_selection == [AssetKey(["bronze", "trades_binance"])]
+        assert _requested(first) == [("2026-03-14", "2026-03-14/trades_binance:0:99", ["bronze/trades_binance"])]
+        assert first.run_requests[0].tags[BRONZE_TAG] == "2026-03-14"
 
         # Same offsets, stored cursor (a restarted daemon reads it back): nothing more.
         again = _tick(instance, first.cursor)
@@ -55,20 +56,20 @@ def test_hot_tier_sensor_requests_each_moved_day_once(lake: Lake) -> None:
         assert materialize(bronze_assets, partition_key=DAY.isoformat(), instance=instance, resources=RESOURCES).success
         assert _requested(_tick(instance, None)) == []
 
-        # The feed moves on and a new day appears: exactly those two are requested.
+        # The feed moves on and a new day appears: one run per tick, the newest day first, then the other.
         insert_binance(client, DAY, 0, range(100, 130))
         insert_binance(client, NEXT_DAY, 1, range(10))
         moved = _tick(instance, again.cursor)
-        assert sorted(_requested(moved)) == [
-            ("trades_binance", "2026-03-14", "trades_binance/2026-03-14/0:129"),
-            ("trades_binance", "2026-03-15", "trades_binance/2026-03-15/1:9"),
-        ]
+        assert _requested(moved) == [("2026-03-15", "2026-03-15/trades_binance:1:9", ["bronze/trades_binance"])]
+        assert _requested(_tick(instance, moved.cursor)) == [("2026-03-14", "2026-03-14/trades_binance:0:129", ["bronze/trades_binance"])]
 
-        # While a bronze run of the table is in flight, its days wait (and stay out of the cursor).
-        create_run_for_test(instance, job_name="__ASSET_JOB", status=DagsterRunStatus.STARTED, tags={BRONZE_TAG: "trades_binance"})
+        # While a sensor-launched bronze run is in flight, nothing more is requested and nothing is lost.
+        create_run_for_test(instance, job_name="__ASSET_JOB", status=DagsterRunStatus.STARTED,
+                            tags={BRONZE_TAG: "2026-03-15", TRIGGER_TAG: "hot_tier_sensor"})
         waiting = _tick(instance, again.cursor)
-        assert _requested(waiting) == [] and "trades_binance" in waiting.skip_reason.skip_message
-        assert waiting.cursor == again.cursor
+        assert _requested(waiting) == [] and "in flight" in waiting.skip_reason.skip_message
+        assert json.loads(waiting.cursor)["handled"] == json.loads(again.cursor)["handled"]
+        assert set(json.loads(waiting.cursor)["waiting"]) == {"2026-03-14", "2026-03-15"}
 
 
 def test_hot_tier_sensor_skips_while_clickhouse_is_unreachable(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
