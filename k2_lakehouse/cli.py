@@ -32,6 +32,9 @@ def _services(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "up":
         services.up(settings)
     elif args.action == "down":
+        from k2_lakehouse import live
+
+        live.stop(settings)  # a running `k2 live` uses the services: stop it first
         services.down(settings)
     elif args.action == "env":
         print("\n".join(services.env_lines(settings)))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import warnings
 from dataclasses import dataclass
 
 from dagster import AssetKey, AssetSelection, BetaWarning, DagsterInstance, PreviewWarning, materialize
 
-from k2_lakehouse.core import gold, hot_tier, iceberg, offload, silver
+from k2_lakehouse.core import sensing
 from k2_lakehouse.core.contracts import GOLD_TABLES, HOT_TABLES, SILVER_TRADES
 from k2_lakehouse.core.report import format_table
 from k2_lakehouse.core.settings import Settings
@@ -39,26 +38,13 @@ def pending_partitions(settings: Settings, selection: str) -> list[str]:
     """Days on which a selected table is behind: bronze lags the hot tier, or silver or gold were not
     built from the rows their upstream holds now (or never built)."""
     keys = _selected_keys(selection)
-    client = hot_tier.connect(settings)
-    cat = iceberg.catalog(settings)
-    lagging: set[dt.date] = set()
-    bronze_days: set[dt.date] = set()
-    for hot in HOT_TABLES.values():
-        table = iceberg.bronze_table(cat, hot)
-        bronze_days.update(iceberg.watermarked_days(table))
-        if tuple(hot.asset_path) in keys:
-            lagging.update(offload.pending_days(table, client, hot))
-    wants_silver = tuple(SILVER_TRADES.asset_path) in keys
-    wants_gold = any(tuple(c.asset_path) in keys for c in GOLD_TABLES.values())
-    days = set(lagging)
-    for day in sorted(bronze_days - lagging):
-        if wants_silver and not silver.is_current(cat, day):
-            days.add(day)
-        elif wants_gold and not (silver.is_current(cat, day) and gold.is_current(cat, day)):
-            days.add(day)
-    if wants_silver or wants_gold:  # a day bronze is about to receive will need its silver and gold rebuilt
-        days.update(lagging)
-    return [d.isoformat() for d in sorted(days)]
+    days = sensing.pending_days(
+        settings,
+        bronze={hot.name for hot in HOT_TABLES.values() if tuple(hot.asset_path) in keys},
+        silver_wanted=tuple(SILVER_TRADES.asset_path) in keys,
+        gold_wanted=any(tuple(c.asset_path) in keys for c in GOLD_TABLES.values()),
+    )
+    return [d.isoformat() for d in days]
 
 
 def run(selection: str, partitions: list[str], instance: DagsterInstance | None = None) -> list[RunRow]:

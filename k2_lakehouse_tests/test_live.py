@@ -128,7 +128,8 @@ def test_services_down_stops_an_orphaned_live_system(tmp_path: Path, monkeypatch
         live.pid_file(settings).write_text(json.dumps(record))
 
         started = time.monotonic()
-        services.down(settings, log=lambda _: None)  # no services under this home: only the live system
+        monkeypatch.setenv("K2_HOME", str(settings.home))
+        assert main(["services", "down"]) == 0  # no services under this home: only the live system
         assert time.monotonic() - started < 20
         for p in leaders.values():
             p.wait(timeout=5)

@@ -23,7 +23,10 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from k2_lakehouse.core import gold, hot_tier, iceberg, offload, silver
+from k2_lakehouse.core.contracts import HOT_TABLES
 from k2_lakehouse.core.hot_tier import Watermark, missing_ranges
+from k2_lakehouse.core.settings import Settings
 
 Cursor = dict  # {"handled": {table: {ISO day: {partition: high}}}, "waiting": {ISO day: since (s)}}
 LATE_AFTER_S = 300.0  # an older day waits at most this long behind the newest one
@@ -104,3 +107,30 @@ def decode_cursor(raw: str | None) -> Cursor:
     if not isinstance(cursor, dict) or not all(isinstance(cursor.get(k, {}), dict) for k in ("handled", "waiting")):
         return {}
     return cursor
+
+
+def pending_days(settings: Settings, *, bronze: set[str], silver_wanted: bool, gold_wanted: bool) -> list[dt.date]:
+    """Days on which a table is behind: a bronze table of `bronze` (hot table names) lags the hot tier, or
+    silver or gold (if wanted) were not built from the rows their upstream holds now (or never built).
+    What `k2 run` and the catch-up schedule run."""
+    client = hot_tier.connect(settings)
+    cat = iceberg.catalog(settings)
+    lagging: set[dt.date] = set()
+    bronze_days: set[dt.date] = set()
+    try:
+        for hot in HOT_TABLES.values():
+            table = iceberg.bronze_table(cat, hot)
+            bronze_days.update(iceberg.watermarked_days(table))
+            if hot.name in bronze:
+                lagging.update(offload.pending_days(table, client, hot))
+    finally:
+        client.disconnect()
+    days = set(lagging)
+    for day in sorted(bronze_days - lagging):
+        if silver_wanted and not silver.is_current(cat, day):
+            days.add(day)
+        elif gold_wanted and not (silver.is_current(cat, day) and gold.is_current(cat, day)):
+            days.add(day)
+    if silver_wanted or gold_wanted:  # a day bronze is about to receive will need its silver and gold rebuilt
+        days.update(lagging)
+    return sorted(days)

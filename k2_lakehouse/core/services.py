@@ -120,10 +120,7 @@ def up(settings: Settings, *, log: Log = print) -> None:
 
 
 def down(settings: Settings, *, log: Log = print) -> None:
-    """Stop what `up` started under this K2_HOME, a running `k2 live` first (it uses them); idempotent."""
-    from k2_lakehouse import live  # stdlib + core only, no Dagster; local: it imports this module
-
-    live.stop(settings, log=log)
+    """Stop what `up` started under this K2_HOME; idempotent. (`k2 services down` stops a running `k2 live` first.)"""
     paths = _Paths.of(settings)
     _stop_clickhouse(paths, log)
     _stop_postgres(paths, log)

@@ -42,7 +42,7 @@ from k2_lakehouse.defs.bronze import recorded_watermarks
 from k2_lakehouse.defs.partitions import daily_partitions
 from k2_lakehouse.defs.resources import LakehouseResource
 
-SENSOR_INTERVAL_S = 10  # the hot tier is polled this often: most of the ≤ 60 s budget to bronze is run start-up
+SENSOR_INTERVAL_S = 5  # the hot tier (and the automation conditions) are evaluated this often; a run start costs more
 BRONZE_TAG = "k2/bronze"  # the day, on every run the sensor requests: dagster.yaml lets one such run go at a time
 TRIGGER_TAG = "k2/trigger"
 SENSOR = "hot_tier_sensor"
@@ -121,14 +121,14 @@ catch_up_job = define_asset_job("catch_up", selection=LAKEHOUSE, partitions_def=
     "tier, or silver or gold were not built from their upstream's current rows).",
 )
 def catch_up_schedule(context: ScheduleEvaluationContext, lakehouse: LakehouseResource):
-    from k2_lakehouse import runner  # loads the definitions: import only when the schedule runs
-
+    settings = lakehouse.settings()
     try:
-        days = runner.pending_partitions(lakehouse.settings(), runner.ALL)
+        with hot_tier.hot_tier_errors(settings):
+            behind = sensing.pending_days(settings, bronze={h.name for h in HOT_TABLES.values()}, silver_wanted=True, gold_wanted=True)
     except HotTierUnavailable as exc:
         return SkipReason(str(exc))
-    first = daily_partitions.get_first_partition_key()
-    days = [day for day in days if day >= first]  # ISO dates compare as strings; earlier days are not partitions
+    first = dt.date.fromisoformat(daily_partitions.get_first_partition_key())
+    days = [day.isoformat() for day in behind if day >= first]  # earlier days are not partitions
     tick = context.scheduled_execution_time.isoformat()
     return [RunRequest(run_key=f"catch_up/{day}/{tick}", partition_key=day, tags={TRIGGER_TAG: "catch_up"}) for day in days] or \
         SkipReason("every table is current")

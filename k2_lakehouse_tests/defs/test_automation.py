@@ -31,8 +31,9 @@ RESOURCES = {"lakehouse": LakehouseResource()}
 
 
 def _tick(instance: DagsterInstance, cursor: str | None):
-    with build_sensor_context(instance=instance, cursor=cursor, resources=RESOURCES) as context:
-        return hot_tier_sensor(context)
+    # Not as a context manager: leaving it would dispose of the caller's instance (and leave Dagster's
+    # current-instance context pointing at it for every later test).
+    return hot_tier_sensor(build_sensor_context(instance=instance, cursor=cursor, resources=RESOURCES))
 
 
 def _requested(result) -> list[tuple[str, str, list[str]]]:

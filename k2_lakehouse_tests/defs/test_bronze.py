@@ -59,7 +59,8 @@ def test_definitions_load_and_validate() -> None:
     assert columns["kafka_offset"].type == "long" and ">= 0" in columns["kafka_offset"].constraints.other
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys if c.asset_key in bronze}
     assert checks == {
-        (f"bronze/trades_{exchange}", name) for exchange in ("binance", "kraken") for name in ("exactly_once", "pandera_contract")
+        (f"bronze/trades_{exchange}", name) for exchange in ("binance", "kraken")
+        for name in ("exactly_once", "pandera_contract", "freshness_check")
     }
 
 
