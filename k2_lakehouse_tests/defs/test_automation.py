@@ -84,9 +84,11 @@ def test_hot_tier_sensor_skips_while_clickhouse_is_unreachable(lake: Lake, monke
 def test_catch_up_schedule_requests_the_days_behind(lake: Lake) -> None:
     insert_binance(lake.client(), DAY, 0, range(40))
     with DagsterInstance.get() as instance:
-        context = build_schedule_context(instance=instance, resources=RESOURCES,
-                                         scheduled_execution_time=dt.datetime(2026, 3, 14, 12, 15, tzinfo=dt.timezone.utc))
-        (request,) = catch_up_schedule(context)
+        # Entered and left: the context opens an instance of its own from the reference, which must be closed
+        # (or Dagster's current-instance context points at a disposed one for every later test).
+        with build_schedule_context(instance=instance, resources=RESOURCES,
+                                    scheduled_execution_time=dt.datetime(2026, 3, 14, 12, 15, tzinfo=dt.timezone.utc)) as context:
+            (request,) = catch_up_schedule(context)
         assert request.partition_key == "2026-03-14"
 
 
