@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
 import resource
@@ -304,9 +305,11 @@ def incremental(settings: Settings, *, rows: int, small_rows: int) -> int:
     _wait_for_merges(bench)
     argv = [sys.executable, "-m", "k2_lakehouse.cli", "run", "--partition", LARGE_DAY.isoformat(), "--select", BRONZE]
 
+    seeds = itertools.count(10)  # every appended batch its own trades
+
     def bronze_run(name: str, append: int) -> dict:
         if append:
-            feed.seed(bench, LARGE_DAY, append, seed=len(name), progress=False)
+            feed.seed(bench, LARGE_DAY, append, seed=next(seeds), progress=False)
         m = _measure(name, argv, env, logs)
         stats = _dagster_run_stats(env, logs, name)
         steps = {s["step"]: s["seconds"] for s in stats.get("steps", []) if s["seconds"] is not None}

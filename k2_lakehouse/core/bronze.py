@@ -31,11 +31,10 @@ def build_bronze_day(
         try:
             table = iceberg.bronze_table(iceberg.catalog(settings), hot)
             result = offload_day(table, client, hot, day, batch_rows=settings.batch_rows, run_id=run_id)
-            rows = iceberg.partition_rows(table, hot.bronze, day, result.snapshot_id)  # manifests only: no data read
-            # Rows beyond what was verified plus what this run wrote came from elsewhere: check everything.
-            incremental = (
-                verified is not None and verified.watermark == result.watermark_before and rows == verified.rows + result.rows
-            )
+            incremental = verified is not None and verified.watermark == result.watermark_before
+            if incremental:  # rows beyond the verified ones plus this run's came from elsewhere: check everything
+                rows = iceberg.partition_rows(table, hot.bronze, day, result.snapshot_id)  # manifests only: no data read
+                incremental = rows == verified.rows + result.rows
             if incremental:  # a few thousand new rows cost a few thousand rows of checking, however big the day
                 recon = reconcile.reconcile_increment(
                     table, client, hot, day, verified, result.watermark_after, result.paths, rows,

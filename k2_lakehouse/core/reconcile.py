@@ -102,25 +102,6 @@ def _positions(keys: np.ndarray) -> Positions:
     return Positions(rows=len(keys), distinct=len(distinct), checksum=_wrapping_sum(distinct))
 
 
-def hot_positions(
-    client: clickhouse_driver.Client, hot: HotTable, day: dt.date, upto: Watermark
-) -> tuple[Positions, Positions]:
-    """Positions of `day` in the hot tier, all of them and those at or below `upto`, in one pass."""
-    predicate, params = _at_or_below(upto)
-    key = "bitShiftLeft(toUInt64(kafka_partition), 40) + kafka_offset"
-    (rows, distinct, checksum, rows_upto, distinct_upto, checksum_upto), = client.execute(
-        f"SELECT sum(n), count(), sum({key}), sumIf(n, upto), countIf(upto), sumIf({key}, upto) FROM ("
-        f" SELECT kafka_partition, kafka_offset, count() AS n, ({predicate}) AS upto FROM {hot.name}"
-        " WHERE trade_date = %(day)s GROUP BY kafka_partition, kafka_offset)",
-        {"day": day, **params},
-        settings={"use_numpy": False},
-    )
-    return (
-        Positions(rows=int(rows or 0), distinct=int(distinct), checksum=int(checksum or 0)),
-        Positions(rows=int(rows_upto or 0), distinct=int(distinct_upto), checksum=int(checksum_upto or 0)),
-    )
-
-
 def reconcile_increment(
     table: Table, client: clickhouse_driver.Client, hot: HotTable, day: dt.date,
     verified: Verified, after: Watermark, paths: Sequence[str], rows: int,
@@ -155,7 +136,8 @@ def reconcile_increment(
 def hot_range_positions(
     client: clickhouse_driver.Client, hot: HotTable, day: dt.date, lo: Watermark, hi: Watermark
 ) -> tuple[Positions, int, int]:
-    """Distinct hot positions of `day` with lo < offset <= hi, how many lie above hi, and the day's hot rows.
+    """Distinct hot positions of `day` with lo < offset <= hi (lo = {}: from the first), how many distinct
+    positions lie above hi, and the day's hot rows, redelivered copies included.
 
     The table is ordered by (kafka_partition, kafka_offset), so ClickHouse reads only the granules above `lo`.
     """
@@ -179,7 +161,7 @@ def reconcile(
     table: Table, client: clickhouse_driver.Client, hot: HotTable, day: dt.date, watermark: Watermark
 ) -> Reconciliation:
     bronze = bronze_positions(table, hot, day)
-    everything, expected = hot_positions(client, hot, day, watermark)
+    expected, above, hot_rows = hot_range_positions(client, hot, day, {}, watermark)
     return Reconciliation(
         table=".".join(hot.bronze_identifier),
         day=day,
@@ -189,8 +171,8 @@ def reconcile(
         duplicates=bronze.duplicates,
         missing=expected.distinct - bronze.distinct,
         checksum_match=expected.checksum == bronze.checksum,
-        not_yet_offloaded=everything.distinct - expected.distinct,
-        hot_rows=everything.rows,
+        not_yet_offloaded=above,
+        hot_rows=hot_rows,
     )
 
 

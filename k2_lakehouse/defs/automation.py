@@ -39,7 +39,7 @@ from k2_lakehouse.core.contracts import GOLD_TABLES, HOT_TABLES
 from k2_lakehouse.core.errors import HotTierUnavailable
 from k2_lakehouse.core.verify import verify
 from k2_lakehouse.defs.bronze import recorded_watermarks
-from k2_lakehouse.defs.partitions import daily_partitions
+from k2_lakehouse.defs.partitions import FIRST_DAY, daily_partitions
 from k2_lakehouse.defs.resources import LakehouseResource
 
 SENSOR_INTERVAL_S = 10  # hot tier and automation conditions; 5 s measured worse for gold (bronze runs back to back)
@@ -95,11 +95,10 @@ def hot_tier_sensor(context: SensorEvaluationContext, lakehouse: LakehouseResour
 
 
 def _in_partition_range(context: SensorEvaluationContext, name: str, days: dict[dt.date, hot_tier.Watermark]) -> dict:
-    first = dt.date.fromisoformat(daily_partitions.get_first_partition_key())
-    outside = sorted(day for day in days if day < first)
+    outside = sorted(day for day in days if day < FIRST_DAY)
     if outside:
-        context.log.warning(f"{name}: {len(outside)} hot days before K2_FIRST_DAY={first} ({outside[0]} ...) are not offloaded")
-    return {day: high for day, high in days.items() if day >= first}
+        context.log.warning(f"{name}: {len(outside)} hot days before K2_FIRST_DAY={FIRST_DAY} ({outside[0]} ...) are not offloaded")
+    return {day: high for day, high in days.items() if day >= FIRST_DAY}
 
 
 automation_sensor = AutomationConditionSensorDefinition(
@@ -127,8 +126,7 @@ def catch_up_schedule(context: ScheduleEvaluationContext, lakehouse: LakehouseRe
             behind = sensing.pending_days(settings, bronze={h.name for h in HOT_TABLES.values()}, silver_wanted=True, gold_wanted=True)
     except HotTierUnavailable as exc:
         return SkipReason(str(exc))
-    first = dt.date.fromisoformat(daily_partitions.get_first_partition_key())
-    days = [day.isoformat() for day in behind if day >= first]  # earlier days are not partitions
+    days = [day.isoformat() for day in behind if day >= FIRST_DAY]  # earlier days are not partitions
     tick = context.scheduled_execution_time.isoformat()
     return [RunRequest(run_key=f"catch_up/{day}/{tick}", partition_key=day, tags={TRIGGER_TAG: "catch_up"}) for day in days] or \
         SkipReason("every table is current")
