@@ -17,6 +17,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from k2_lakehouse.core import hot_tier
 from k2_lakehouse.core.contracts import GOLD_TABLES, HOT_TABLES, SILVER_TRADES
 from k2_lakehouse.core.verify import verify
+from k2_lakehouse.defs.automation import IN_FLIGHT
 from k2_lakehouse_tests.support import Lake, free_ports
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,10 @@ def test_sensor_and_automation_keep_every_layer_equal_to_the_hot_tier(lake: Lake
         assert all(r.in_sync and r.actual > 0 for r in result.bronze), result.report()
 
         with DagsterInstance.get() as instance:
+            # Iceberg is published before the run records its events (gold's six one by one): let runs finish.
+            settle = time.monotonic() + 120
+            while instance.get_run_records(RunsFilter(statuses=IN_FLIGHT), limit=1) and time.monotonic() < settle:
+                time.sleep(2)
             runs = instance.get_run_records(RunsFilter(tags={"k2/trigger": "hot_tier_sensor"}))
             assert runs and all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs
                                 if r.dagster_run.status not in (DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED))
