@@ -36,6 +36,7 @@ _PACKAGES = {
     "clickhouse-server": CLICKHOUSE_SERVER,
     "clickhouse-client": CLICKHOUSE_CLIENT,
     "postgresql-15": PG_BIN / "pg_ctl",
+    "libpostgresql-jdbc-java": Path("/usr/share/java/postgresql.jar"),  # Spark's Iceberg JDBC catalog
 }
 _PORT_HINT = "set K2_CLICKHOUSE_PORT / K2_CLICKHOUSE_HTTP_PORT / K2_POSTGRES_PORT to free ports"
 _START_TIMEOUT_S = 30.0
@@ -156,7 +157,7 @@ def ensure_packages(*, log: Log = print) -> None:
     missing = missing_packages()
     if not missing:
         return
-    install = ["apt-get", "install", "-y", *missing]
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
     if os.geteuid() != 0:
         raise ServiceError(
             f"missing Debian packages: {', '.join(missing)}; install them as root: "

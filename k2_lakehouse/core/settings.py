@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,6 +17,8 @@ DEFAULT_CLICKHOUSE_PORT = 19000
 DEFAULT_CLICKHOUSE_HTTP_PORT = 18123
 DEFAULT_POSTGRES_PORT = 15432
 CATALOG_NAME = "k2"
+ENGINES = ("duckdb", "spark")  # K2_ENGINE: where silver and gold (and, on Spark, the bronze copy) compute
+DEFAULT_SPARK_MASTER = "local[2]"
 # The first day of the daily partitions (K2_FIRST_DAY). A fixed date, not one computed from the clock: the
 # partition set must be the same in every process that loads the definitions (webserver, daemon, run
 # workers, `k2 run`) and across reloads, or days move in and out of the UI and runs for them fail; it is
@@ -36,6 +38,14 @@ class Settings:
     clickhouse_http_port: int
     batch_rows: int  # rows per streamed read from the hot tier (bounds memory)
     first_day: dt.date = DEFAULT_FIRST_DAY  # K2_FIRST_DAY: the first daily partition (UTC) Dagster knows
+    engine: str = "duckdb"  # K2_ENGINE: duckdb (in process, the default) or spark
+    spark_master: str = DEFAULT_SPARK_MASTER  # K2_SPARK_MASTER: local[N] or spark://host:7077
+    # Object storage, when K2_WAREHOUSE is s3://bucket/prefix: K2_S3_ENDPOINT (any S3-compatible server),
+    # AWS_REGION, and the credentials AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (never printed or logged).
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = field(default="", repr=False)
+    s3_secret_access_key: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -54,6 +64,12 @@ class Settings:
             clickhouse_http_port=_int(env, "K2_CLICKHOUSE_HTTP_PORT", DEFAULT_CLICKHOUSE_HTTP_PORT),
             batch_rows=_int(env, "K2_BATCH_ROWS", 1_000_000),
             first_day=_date(env, "K2_FIRST_DAY", DEFAULT_FIRST_DAY),
+            engine=_choice(env, "K2_ENGINE", ENGINES),
+            spark_master=env.get("K2_SPARK_MASTER") or DEFAULT_SPARK_MASTER,
+            s3_endpoint=env.get("K2_S3_ENDPOINT", ""),
+            s3_region=env.get("AWS_REGION") or "us-east-1",
+            s3_access_key_id=env.get("AWS_ACCESS_KEY_ID", ""),
+            s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
         )
 
     @property
@@ -76,7 +92,10 @@ class Settings:
             "K2_BATCH_ROWS": str(self.batch_rows),
             "DAGSTER_HOME": str(self.dagster_home),
             "K2_FIRST_DAY": self.first_day.isoformat(),
-        }
+            "K2_ENGINE": self.engine,
+            "K2_SPARK_MASTER": self.spark_master,
+            **({"K2_S3_ENDPOINT": self.s3_endpoint, "AWS_REGION": self.s3_region} if self.s3_endpoint else {}),
+        }  # the S3 credentials stay in the environment they came from: never printed
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,13 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or choices[0]).lower()
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _date(env: dict[str, str], name: str, default: dt.date) -> dt.date:
