@@ -11,7 +11,7 @@ import datetime as dt
 import decimal
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -19,7 +19,7 @@ from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg, publish, quality
 from k2_lakehouse.core.contracts import TableContract
-from k2_lakehouse.core.engine import DuckDBEngine
+from k2_lakehouse.core.engine import Engine
 
 Scalar = int | float | str | bool
 
@@ -96,18 +96,24 @@ class TableResult:
 
 @dataclass(frozen=True)
 class Output:
-    """One table's day as a layer step produces it: rows, streamed (nothing is computed until written)."""
+    """One table's day as a layer step produces it: a SQL text the engine runs and writes (nothing is
+    computed until written), or rows already computed (small: gold's bars)."""
 
     table: Table
     contract: TableContract
-    batches: Iterable[pa.RecordBatch]
+    rows: str | pa.Table
+
+    def write(self, engine: Engine, day: dt.date) -> iceberg.WrittenFiles:
+        if isinstance(self.rows, str):
+            return engine.write(self.table, self.contract, day, self.rows)
+        return publish.write_files(self.table, self.contract, day, self.rows.to_batches())
 
 
 # A layer's own checks over the partitions it wrote (by table name), with the engine holding its inputs.
-LayerAudit = Callable[[dict[str, iceberg.PartitionRef], DuckDBEngine], dict[str, list[CheckOutcome]]]
+LayerAudit = Callable[[dict[str, iceberg.PartitionRef], Engine], dict[str, list[CheckOutcome]]]
 
 
-def audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine, layer_audit: LayerAudit) -> dict[str, list[CheckOutcome]]:
+def audit(refs: dict[str, iceberg.PartitionRef], engine: Engine, layer_audit: LayerAudit) -> dict[str, list[CheckOutcome]]:
     """Every check of a layer's tables: each table's contract, then the layer's own checks."""
     checks = layer_audit(refs, engine)
     return {
@@ -118,7 +124,7 @@ def audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine, layer_aud
 
 
 def write_audit_publish(
-    outputs: list[Output], day: dt.date, engine: DuckDBEngine, layer_audit: LayerAudit, *,
+    outputs: list[Output], day: dt.date, engine: Engine, layer_audit: LayerAudit, *,
     upstream: dict[str, int | None], data_version: str, run_id: str, started: float,
     written_all: Callable[[], None] = lambda: None,
 ) -> dict[str, TableResult]:
@@ -131,7 +137,7 @@ def write_audit_publish(
     staged: dict[str, publish.Staged] = {}
     try:
         for out in outputs:
-            written.append((out, publish.write_files(out.table, out.contract, day, out.batches)))
+            written.append((out, out.write(engine, day)))
         written_all()  # the step can free what only the writing needed before the audit reads
         for out, files in written:
             staged[out.contract.qualified_name] = publish.stage(out.table, out.contract, day, files, summary)
@@ -160,9 +166,9 @@ def failed_checks(results: dict[str, TableResult]) -> list[str]:
     return [f"{r.contract.qualified_name} {r.day} {c.summary()}" for r in results.values() for c in r.checks if not c.passed]
 
 
-def audit_view(engine: DuckDBEngine, name: str, ref: iceberg.PartitionRef) -> None:
+def audit_view(engine: Engine, name: str, ref: iceberg.PartitionRef) -> None:
     """Bind the rows of a partition as written (read back from storage, at its snapshot) as a view."""
-    engine.register_files(name, ref.files(), ref.contract.arrow_schema)
+    engine.register_files(name, ref.files(), ref.contract.arrow_schema, ref.table.io)
 
 
 def data_version(inputs: dict[str, str]) -> str:

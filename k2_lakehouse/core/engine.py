@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from importlib import resources
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
+from pyiceberg.io import FileIO
+from pyiceberg.io.pyarrow import PyArrowFileIO
+from pyiceberg.table import Table
 
-from k2_lakehouse.core.contracts import validate_identifier
+from k2_lakehouse.core import publish
+from k2_lakehouse.core.contracts import TableContract, validate_identifier
+from k2_lakehouse.core.iceberg import WrittenFiles
 
 THREADS = 2  # this machine's cores; DuckDB would take them all anyway
 MEMORY_LIMIT = "640MB"  # DuckDB spills sorts and hash tables to disk past this: memory does not grow with the day
@@ -34,6 +41,26 @@ def local_path(uri: str) -> str:
     """A warehouse file location as DuckDB reads it (file:// URIs become paths; others pass through)."""
     parts = urlsplit(uri)
     return parts.path if parts.scheme == "file" else uri
+
+
+def is_local(uri: str) -> bool:
+    """A file on this machine's disk (a file:// URI or a bare path), which DuckDB reads itself."""
+    return urlsplit(uri).scheme in ("", "file")
+
+
+def arrow_dataset(paths: list[str], schema: pa.Schema, io: FileIO) -> ds.Dataset:
+    """Parquet files of any storage (S3, ...) as one Arrow dataset, read through the table's own file IO's
+    filesystem (DuckDB's httpfs extension would have to be downloaded). Nothing is read until scanned.
+
+    `schema` is the view's: files whose physical types differ (large_string, say) are cast to it."""
+    if not isinstance(io, PyArrowFileIO):  # iceberg.catalog() always sets it (py-io-impl)
+        raise TypeError(f"reading {paths[0]} needs pyiceberg's PyArrowFileIO, got {type(io).__name__}")
+    located = [PyArrowFileIO.parse_location(p, io.properties) for p in paths]
+    stores = {(scheme, netloc) for scheme, netloc, _ in located}
+    if len(stores) > 1:
+        raise ValueError(f"the files of one input span several buckets or filesystems: {sorted(stores)}")
+    (scheme, netloc), = stores
+    return ds.dataset([path for _, _, path in located], schema=schema, format="parquet", filesystem=io.fs_by_scheme(scheme, netloc))
 
 
 def day_input(day: dt.date) -> pa.Table:
@@ -66,13 +93,21 @@ class DuckDBEngine:
         self.con.close()
         self._spill.cleanup()
 
-    def register_files(self, name: str, paths: list[str], schema: pa.Schema) -> None:
-        """Bind Parquet files as view `name`; no files gives an empty view of `schema`."""
+    def register_files(self, name: str, paths: list[str], schema: pa.Schema, io: FileIO) -> None:
+        """Bind Parquet files as view `name`; no files gives an empty view of `schema`.
+
+        `io` is the table's file IO (`table.io`): local files DuckDB reads itself (`read_parquet`, the fast
+        path); files in object storage are scanned through `io`'s Arrow filesystem, lazily, with DuckDB's
+        projection and filter pushdown, a few record batches in memory at a time.
+        """
         if not paths:
             self.register_arrow(name, schema.empty_table())
             return
         self._forget(name)
-        self.con.read_parquet([local_path(p) for p in paths]).create_view(name, replace=True)
+        if all(is_local(p) for p in paths):
+            self.con.read_parquet([local_path(p) for p in paths]).create_view(name, replace=True)
+        else:
+            self.con.register(name, arrow_dataset(paths, schema, io))
 
     def register_arrow(self, name: str, table: pa.Table) -> None:
         self._forget(name)
@@ -97,4 +132,29 @@ class DuckDBEngine:
     def batches(self, sql: str, rows: int = 500_000) -> Iterator[pa.RecordBatch]:
         """A large result as a stream: DuckDB produces the next batch while the caller writes this one."""
         yield from self.con.execute(sql).fetch_record_batch(rows)
+
+    def write(self, table: Table, contract: TableContract, day: dt.date, sql: str) -> WrittenFiles:
+        """The rows of `sql` as Parquet files of `day`, streamed: memory holds a batch or two."""
+        return publish.write_files(table, contract, day, self.batches(sql))
+
+
+class Engine(Protocol):
+    """What a layer step needs of an engine: DuckDBEngine here, SparkEngine in `core/spark.py`.
+
+    Inputs are bound as named views; the SQL texts of `core/sql` (DuckDB's dialect) run on either.
+    """
+
+    name: str
+
+    def __enter__(self) -> Engine: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def register_files(self, name: str, paths: list[str], schema: pa.Schema, io: FileIO) -> None: ...
+    def register_arrow(self, name: str, table: pa.Table) -> None: ...
+    def materialize(self, name: str, sql: str) -> None: ...
+    def drop(self, name: str) -> None: ...
+    def arrow(self, sql: str) -> pa.Table: ...
+    def write(self, table: Table, contract: TableContract, day: dt.date, sql: str) -> WrittenFiles: ...
+
+
+EngineFactory = Callable[[], Engine]  # a fresh engine per layer step (DuckDBEngine, or a SparkEngine on a session)
 

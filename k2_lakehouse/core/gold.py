@@ -20,7 +20,7 @@ from k2_lakehouse.core.audit import (
     CheckOutcome, Output, TableResult, audit, audit_view, current_outcome, data_version, scalars, write_audit_publish,
 )
 from k2_lakehouse.core.contracts import GOLD_TABLES, INTERVALS, PRICE, SILVER_TRADES, Interval
-from k2_lakehouse.core.engine import DuckDBEngine, sql_text
+from k2_lakehouse.core.engine import DuckDBEngine, Engine, EngineFactory, sql_text
 
 SILVER_CHECK = "matches_silver"
 FINER_CHECK = "agrees_with_finer"
@@ -28,16 +28,18 @@ _VWAP = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 _EIGHT_PLACES = decimal.Decimal("1e-8")
 
 
-def build_gold_day(cat: Catalog, day: dt.date, *, run_id: str = "") -> dict[str, TableResult]:
+def build_gold_day(
+    cat: Catalog, day: dt.date, *, run_id: str = "", engine: EngineFactory = DuckDBEngine,
+) -> dict[str, TableResult]:
     started = time.perf_counter()
     silver = iceberg.ensure_table(cat, SILVER_TRADES, branches=True)
     upstream = {SILVER_TRADES.qualified_name: iceberg.snapshot_id(silver)}
     tables = _gold_tables(cat)
-    with DuckDBEngine() as eng:
+    with engine() as eng:
         audit_view(eng, "silver_trades", iceberg.PartitionRef(silver, SILVER_TRADES, day, upstream[SILVER_TRADES.qualified_name]))
         bars = compute_bars(eng)
         outputs = [
-            Output(tables[c.qualified_name], c, bars[i.name].to_batches())
+            Output(tables[c.qualified_name], c, bars[i.name])
             for i, c in zip(INTERVALS, GOLD_TABLES.values())
         ]
         return write_audit_publish(
@@ -75,7 +77,7 @@ def is_current(cat: Catalog, day: dt.date) -> bool:
     return all(iceberg.partition_summary(t, day).get("k2.data-version") == version for t in _gold_tables(cat).values())
 
 
-def compute_bars(engine: DuckDBEngine) -> dict[str, pa.Table]:
+def compute_bars(engine: Engine) -> dict[str, pa.Table]:
     """Bars of every interval from the `silver_trades` view, finest first, in their contracts' types."""
     finest = INTERVALS[0]
     engine.register_arrow("bar_interval", pa.table({"micros": [finest.micros]}))
@@ -85,7 +87,7 @@ def compute_bars(engine: DuckDBEngine) -> dict[str, pa.Table]:
     return bars
 
 
-def rollup(engine: DuckDBEngine, finer: pa.Table, coarser: Interval) -> pa.Table:
+def rollup(engine: Engine, finer: pa.Table, coarser: Interval) -> pa.Table:
     engine.register_arrow("finer_bars", finer)
     engine.register_arrow("bar_interval", pa.table({"micros": [coarser.micros]}))
     return _typed(engine.arrow(sql_text("gold_bars_from_bars")), coarser)
@@ -108,7 +110,7 @@ def with_vwap(bars: pa.Table) -> pa.Table:
     return bars.add_column(at, pa.field("vwap", PRICE, nullable=False), pa.array(vwap, PRICE))
 
 
-def _audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine) -> dict[str, list[CheckOutcome]]:
+def _audit(refs: dict[str, iceberg.PartitionRef], engine: Engine) -> dict[str, list[CheckOutcome]]:
     checks: dict[str, list[CheckOutcome]] = {}
     names = {r.contract.name.removeprefix("ohlcv_"): name for name, r in refs.items()}
     engine.materialize("silver_totals", sql_text("silver_totals"))  # one scan of the silver day for every table
@@ -129,7 +131,7 @@ def _audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine) -> dict[
     return checks
 
 
-def _agrees(engine: DuckDBEngine, finer: iceberg.PartitionRef, coarser: iceberg.PartitionRef, interval: Interval) -> CheckOutcome:
+def _agrees(engine: Engine, finer: iceberg.PartitionRef, coarser: iceberg.PartitionRef, interval: Interval) -> CheckOutcome:
     """The coarser table as written against the finer table as written, rolled up."""
     audit_view(engine, "fine_written", finer)
     expected = rollup(engine, engine.arrow("SELECT * FROM fine_written"), interval)

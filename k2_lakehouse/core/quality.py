@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 import pandera.errors
+from pyiceberg.io import FileIO
 from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg
@@ -53,7 +54,7 @@ def validate_files(
     examples: list[str] = []
     # DuckDB counts the key's duplicates on its own threads while Pandera goes through the batches.
     with ThreadPoolExecutor(1, thread_name_prefix="k2-unique") as pool:
-        duplicates = pool.submit(duplicate_keys, paths, contract)
+        duplicates = pool.submit(duplicate_keys, paths, contract, table.io)
         rows, failures = _validate_batches(table, contract, day, paths, examples, max_examples)
         duplicates = duplicates.result()
     if duplicates:
@@ -85,13 +86,13 @@ def _validate_batches(
     return rows, failures
 
 
-def duplicate_keys(paths: list[str], contract: TableContract) -> int:
+def duplicate_keys(paths: list[str], contract: TableContract, io: FileIO) -> int:
     """Rows that repeat a value of the contract's unique key, over every file of a partition."""
     if not paths:
         return 0
     key = ", ".join(validate_identifier(c) for c in contract.unique)
     with DuckDBEngine(memory_limit=UNIQUE_MEMORY_LIMIT) as engine:
-        engine.register_files("partition_rows", paths, contract.arrow_schema)
+        engine.register_files("partition_rows", paths, contract.arrow_schema, io)
         (extra,), = engine.con.execute(  # grouping is cheaper than DISTINCT over several columns
             f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM partition_rows GROUP BY {key} HAVING count(*) > 1)"
         ).fetchall()

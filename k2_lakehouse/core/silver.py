@@ -19,22 +19,24 @@ from k2_lakehouse.core.audit import (
     CheckOutcome, Output, TableResult, audit, audit_view, current_outcome, data_version, scalars, write_audit_publish,
 )
 from k2_lakehouse.core.contracts import HOT_TABLES, SILVER_REJECTED, SILVER_TRADES, HotTable, symbol_map
-from k2_lakehouse.core.engine import DuckDBEngine, day_input, sql_text
+from k2_lakehouse.core.engine import DuckDBEngine, Engine, EngineFactory, day_input, sql_text
 
 ACCOUNTED_CHECK = "every_position_accounted_for"
 
 
-def build_silver_day(cat: Catalog, day: dt.date, *, run_id: str = "") -> dict[str, TableResult]:
+def build_silver_day(
+    cat: Catalog, day: dt.date, *, run_id: str = "", engine: EngineFactory = DuckDBEngine,
+) -> dict[str, TableResult]:
     started = time.perf_counter()
     bronze = _bronze_tables(cat)
     upstream = {name: iceberg.snapshot_id(table) for name, (_, table) in bronze.items()}
     tables = _silver_tables(cat)
-    with DuckDBEngine() as eng:
+    with engine() as eng:
         _bind_inputs(eng, bronze, day)
         # Parsing every bronze row is the costly part, and both tables need it: do it once.
         eng.materialize("silver_normalized", sql_text("silver_normalized"))
         outputs = [
-            Output(tables[c.qualified_name], c, eng.batches(sql_text(text)))
+            Output(tables[c.qualified_name], c, sql_text(text))
             for c, text in ((SILVER_TRADES, "silver_trades"), (SILVER_REJECTED, "silver_trades_rejected"))
         ]
         return write_audit_publish(
@@ -74,10 +76,12 @@ def _silver_tables(cat: Catalog) -> dict[str, Table]:
     return {c.qualified_name: iceberg.ensure_table(cat, c, branches=True) for c in (SILVER_TRADES, SILVER_REJECTED)}
 
 
-def _bind_inputs(engine: DuckDBEngine, bronze: dict[str, tuple[HotTable, Table]], day: dt.date) -> None:
+def _bind_inputs(engine: Engine, bronze: dict[str, tuple[HotTable, Table]], day: dt.date) -> None:
     """The day's bronze partitions at the snapshots loaded, the symbol map and the day itself."""
     for hot, table in bronze.values():
-        engine.register_files(hot.name, iceberg.partition_files(table, hot.bronze, day, iceberg.snapshot_id(table)), hot.arrow_schema)
+        engine.register_files(
+            hot.name, iceberg.partition_files(table, hot.bronze, day, iceberg.snapshot_id(table)), hot.arrow_schema, table.io,
+        )
     engine.register_arrow("symbol_map", symbol_map_table())
     engine.register_arrow("partition_day", day_input(day))
 
@@ -88,7 +92,7 @@ def _version(bronze: dict[str, tuple[HotTable, Table]], day: dt.date) -> str:
     return data_version({name: iceberg.encode_watermark(iceberg.read_watermark(t, day)) for name, (_, t) in bronze.items()})
 
 
-def _audit(refs: dict[str, iceberg.PartitionRef], engine: DuckDBEngine) -> dict[str, list[CheckOutcome]]:
+def _audit(refs: dict[str, iceberg.PartitionRef], engine: Engine) -> dict[str, list[CheckOutcome]]:
     audit_view(engine, "silver_trades", refs[SILVER_TRADES.qualified_name])
     audit_view(engine, "silver_trades_rejected", refs[SILVER_REJECTED.qualified_name])
     per_exchange = engine.arrow(sql_text("check_silver_accounting")).to_pylist()

