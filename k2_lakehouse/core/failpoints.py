@@ -9,6 +9,9 @@ import os
 import signal
 
 
+FAILPOINT_ENV = "K2_FAILPOINT"
+
+
 def failpoint(name: str) -> None:
-    if os.environ.get("K2_FAILPOINT") == name:
+    if os.environ.get(FAILPOINT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -42,6 +42,10 @@ MAX_ATTEMPTS = 8  # commit attempts per run, recommits included
 FILE_ROWS = 4_000_000  # roll to a new Parquet file past this many rows
 SORT_CHUNK_ROWS = 500_000  # rows sorted together and written as one row group
 WRITER_LANES = 2  # sort + Parquet encoding is the costly part: one lane per core
+
+# Copies offset ranges of a day into uncommitted Parquet files: in this process (`write_ranges`), or
+# fanned out over Spark tasks (`spark.offload_writer`). Either way the commit below is the same.
+RangeWriter = Callable[[Table, clickhouse_driver.Client, HotTable, dt.date, Sequence[OffsetRange], int], WrittenFiles]
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ def offload_day(
     run_id: str = "",
     writer_id: str | None = None,
     reload: Callable[[], Table] | None = None,
+    write: RangeWriter | None = None,
 ) -> OffloadResult:
     """Copy exactly the rows of `day` that bronze lacks; commit once. Safe to run any number of times."""
     started = time.perf_counter()
@@ -94,7 +99,7 @@ def offload_day(
                 time.perf_counter() - started, attempts,
             )
         after = {**before, **{r.partition: r.hi for r in ranges}}
-        written = _write_files(table, client, hot, day, ranges, batch_rows)
+        written = (write or _write_files)(table, client, hot, day, ranges, batch_rows)
         summary = {
             "k2.writer-id": writer_id,
             "k2.dagster-run-id": run_id,
@@ -151,6 +156,11 @@ def _commit(table: Table, day: dt.date, written: WrittenFiles, after: Watermark,
     return table.current_snapshot().snapshot_id
 
 
+def sort_chunk(hot: HotTable, chunk: pa.Table) -> pa.Table:
+    """Rows sorted by the table's sort columns: neighbours share values, so zstd packs them."""
+    return chunk.sort_by([(c, "ascending") for c in hot.sort_columns])
+
+
 class _Lane:
     """One Parquet file at a time, rolled past FILE_ROWS; lanes write in parallel (Arrow releases the GIL)."""
 
@@ -161,7 +171,7 @@ class _Lane:
         self.rows = 0
 
     def write(self, chunk: pa.Table) -> int:
-        chunk = chunk.sort_by([(c, "ascending") for c in self.hot.sort_columns])
+        chunk = sort_chunk(self.hot, chunk)
         if self.writer is None or self.rows >= FILE_ROWS:
             self.close()
             path = f"{self.directory}/{uuid.uuid4()}.parquet"
@@ -192,8 +202,8 @@ def _write_files(
     in_flight: collections.deque[Future[int]] = collections.deque()
     try:
         with ThreadPoolExecutor(WRITER_LANES, thread_name_prefix="k2-parquet") as pool:
-            chunks = _chunks(prefetch(_read_slices(client, hot, day, ranges, batch_rows)), SORT_CHUNK_ROWS)
-            for i, chunk in enumerate(chunks):
+            pieces = chunks(prefetch(_read_slices(client, hot, day, ranges, batch_rows)), SORT_CHUNK_ROWS)
+            for i, chunk in enumerate(pieces):
                 if len(in_flight) == WRITER_LANES:  # the lane for chunk i is the one the oldest chunk used
                     written.rows += in_flight.popleft().result()
                 in_flight.append(pool.submit(lanes[i % WRITER_LANES].write, chunk))
@@ -221,7 +231,7 @@ def _read_slices(
             failpoint("mid_read")
 
 
-def _chunks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+def chunks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
     """Group record batches into tables of about `rows` rows: the unit that is sorted and written."""
     pending: list[pa.RecordBatch] = []
     count = 0

@@ -12,10 +12,11 @@ no Hadoop storage connector; the driver commits the files with pyiceberg, exactl
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,11 +28,14 @@ from pyiceberg.table import Table
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-from k2_lakehouse.core import iceberg
-from k2_lakehouse.core.contracts import TableContract, validate_identifier
+from k2_lakehouse.core import hot_tier, iceberg, offload
+from k2_lakehouse.core.contracts import HOT_TABLES, HotTable, TableContract, validate_identifier
 from k2_lakehouse.core.dialects import to_spark
 from k2_lakehouse.core.engine import is_local, local_path
+from k2_lakehouse.core.failpoints import FAILPOINT_ENV, failpoint
+from k2_lakehouse.core.hot_tier import OffsetRange
 from k2_lakehouse.core.iceberg import WrittenFiles
+from k2_lakehouse.core.offload import RangeWriter
 from k2_lakehouse.core.settings import CATALOG_NAME, Settings
 
 JDBC_DRIVER = Path("/usr/share/java/postgresql.jar")  # Debian's libpostgresql-jdbc-java
@@ -171,17 +175,87 @@ def write_tasks(frame: DataFrame, table: Table, contract: TableContract, day: dt
     try:
         rows = frame.mapInArrow(lambda batches: _write_task(batches, properties, prefix, schema), out).collect()
     except BaseException:
-        for i in range(tasks):
-            path = _task_path(prefix, i)
-            if table.io.new_input(path).exists():
-                table.io.delete(path)
+        _delete_if_present(table.io, [_task_path(prefix, i) for i in range(tasks)])
         raise
+    return _written(rows)
+
+
+def _written(rows: list) -> WrittenFiles:
     written = WrittenFiles()
     for row in sorted(rows, key=lambda r: r.path):
         written.paths.append(row.path)
         written.rows += row.rows
         written.bytes += row.bytes
     return written
+
+
+def _delete_if_present(io: FileIO, paths: list[str]) -> None:
+    for path in paths:
+        if io.new_input(path).exists():
+            io.delete(path)
+
+
+def offload_writer(spark: SparkSession, settings: Settings) -> RangeWriter:
+    """The bronze copy fanned out over Spark tasks: the day's missing offset ranges are cut into slices of
+    `batch_rows`, each task reads its slice from ClickHouse and writes it as one sorted Parquet file,
+    and the driver gets the files back to commit with the watermark in one Iceberg transaction
+    (`offload.offload_day`, unchanged). A slice's file is named by the write and the slice, so a retried
+    task replaces its own file and a failed write deletes every file it may have made."""
+
+    def write(
+        table: Table, client: object, hot: HotTable, day: dt.date, ranges: Sequence[OffsetRange], batch_rows: int,
+    ) -> WrittenFiles:
+        slices = [(i, r.partition, r.lo, r.hi) for i, r in enumerate(p for rng in ranges for p in rng.split(batch_rows))]
+        prefix = f"{iceberg.data_directory(table, day)}/{uuid.uuid4()}"
+        properties, url = dict(table.io.properties), settings.clickhouse_url
+        fail_at = os.environ.get(FAILPOINT_ENV)  # the crash tests' failpoints reach the executors too
+        frame = spark.createDataFrame(
+            spark.sparkContext.parallelize(slices, len(slices)), "slice int, kafka_partition int, lo long, hi long",
+        )
+        task = functools.partial(_offload_task, url=url, properties=properties, exchange=hot.exchange, day=day,
+                                 prefix=prefix, fail_at=fail_at)
+        try:
+            rows = frame.mapInArrow(task, "path string, rows long, bytes long").collect()
+        except BaseException:
+            _delete_if_present(table.io, [_task_path(prefix, i) for i, *_ in slices])
+            raise
+        return _written(rows)
+
+    return write
+
+
+def _offload_task(
+    batches: Iterator[pa.RecordBatch], *, url: str, properties: dict[str, str], exchange: str, day: dt.date,
+    prefix: str, fail_at: str | None,
+) -> Iterator[pa.RecordBatch]:
+    _set_failpoint(fail_at)
+    hot = HOT_TABLES[exchange]
+    client = hot_tier.connect(Settings.from_env({"K2_CLICKHOUSE_URL": url}))
+    try:
+        for batch in batches:
+            for row in batch.to_pylist():
+                path = _task_path(prefix, row["slice"])
+                rng = OffsetRange(row["kafka_partition"], row["lo"], row["hi"])
+                rows = _write_file(load_file_io(properties, location=path), path, hot.arrow_schema, (
+                    offload.sort_chunk(hot, chunk)
+                    for chunk in offload.chunks(_read_slice(client, hot, day, rng), offload.SORT_CHUNK_ROWS)
+                ))
+                yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [_size(properties, path)]})
+    finally:
+        client.disconnect()
+
+
+def _read_slice(client, hot: HotTable, day: dt.date, rng: OffsetRange) -> Iterator[pa.RecordBatch]:
+    yield from hot_tier.stream_range(client, hot, day, rng)
+    failpoint("mid_read")
+
+
+def _set_failpoint(name: str | None) -> None:
+    # Python workers are reused across tasks: set the driver's failpoint, or clear a previous one.
+    if name:
+        os.environ[FAILPOINT_ENV] = name
+    else:
+        os.environ.pop(FAILPOINT_ENV, None)
 
 
 def _task_path(prefix: str, partition: int) -> str:
@@ -203,19 +277,31 @@ def _write_task(
     from pyspark import TaskContext
 
     path = _task_path(prefix, TaskContext.get().partitionId())
-    io = load_file_io(properties, location=path)
+    rows = _write_file(load_file_io(properties, location=path), path, schema, (pa.Table.from_batches([b]) for b in batches))
+    if rows:  # an empty task writes nothing
+        yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [_size(properties, path)]})
+
+
+def _write_file(io: FileIO, path: str, schema: pa.Schema, tables: Iterator[pa.Table]) -> int:
+    """Tables as one zstd Parquet file at `path` (none if no rows); a retried task replaces its own file."""
     rows = 0
     writer = stream = None
-    for batch in batches:
-        if not batch.num_rows:
-            continue
-        if writer is None:
-            stream = io.new_output(path).create(overwrite=True)  # a retried task replaces its own file
-            writer = pq.ParquetWriter(stream, schema, compression="zstd", write_statistics=True)
-        writer.write_table(pa.Table.from_batches([batch]).cast(schema), row_group_size=ROW_GROUP_ROWS)
-        rows += batch.num_rows
-    if writer is None:  # an empty task writes nothing
-        return
-    writer.close()
-    stream.close()
-    yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [len(io.new_input(path))]})
+    try:
+        for table in tables:
+            if not table.num_rows:
+                continue
+            if writer is None:
+                stream = io.new_output(path).create(overwrite=True)
+                writer = pq.ParquetWriter(stream, schema, compression="zstd", write_statistics=True)
+            writer.write_table(table.cast(schema), row_group_size=ROW_GROUP_ROWS)
+            rows += table.num_rows
+            failpoint("mid_write")
+    finally:
+        if writer is not None:
+            writer.close()
+            stream.close()
+    return rows
+
+
+def _size(properties: dict[str, str], path: str) -> int:
+    return len(load_file_io(properties, location=path).new_input(path))
