@@ -12,8 +12,9 @@ setup() {
   [ -x .venv/bin/python ] || python3 -m uv venv --quiet .venv --python python3.11
   python3 -m uv pip install --quiet --python .venv/bin/python -e '.[test]'
   # The UI test drives Debian's chromium through playwright (never `playwright install`): ~80 s, once.
-  if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  # docker-compose (1.29, without the Docker engine it recommends) validates docker-compose.yml in a test.
+  if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/docker-compose ]; } && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium docker-compose >/dev/null
   fi
 }
 

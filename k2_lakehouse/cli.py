@@ -30,7 +30,7 @@ def _services(settings: Settings, args: argparse.Namespace) -> int:
     from k2_lakehouse.core import services
 
     if args.action == "up":
-        services.up(settings)
+        services.up(settings, s3=args.s3)
     elif args.action == "down":
         from k2_lakehouse import live
 
@@ -110,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("services", help="install, start, stop and inspect the local ClickHouse and PostgreSQL")
     s.add_argument("action", choices=["up", "down", "status", "env"])
+    s.add_argument("--s3", action="store_true", help="up: also a local S3 server (juicefs gateway) for an s3:// "
+                   "K2_WAREHOUSE, on the port of K2_S3_ENDPOINT=http://127.0.0.1:<port>, with the AWS_* credentials")
     s.set_defaults(handler=_services)
 
     f = sub.add_parser("feed", help="simulate the exchange feed into the hot tier")

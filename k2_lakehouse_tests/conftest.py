@@ -11,6 +11,7 @@ import pytest
 
 from k2_lakehouse.core import services
 from k2_lakehouse.core.settings import Settings
+from k2_lakehouse_tests import s3
 from k2_lakehouse_tests.support import Lake, new_lake, services_settings, traversable
 
 
@@ -31,5 +32,22 @@ def lake(shared_services: Settings, monkeypatch: pytest.MonkeyPatch) -> Lake:
     """Isolated hot database, Iceberg catalog, warehouse and Dagster storage; the K2_* env points at them."""
     lake = new_lake(shared_services, shared_services.home.parent / "lakes")
     for name, value in lake.env.items():
+        monkeypatch.setenv(name, value)
+    return lake
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[s3.S3Server]:
+    """A real S3-compatible server (juicefs gateway) on a free loopback port, random credentials, one bucket."""
+    with s3.running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_lake(request: pytest.FixtureRequest, lake: Lake, s3_server: s3.S3Server, monkeypatch: pytest.MonkeyPatch) -> Lake:
+    """`lake` with its warehouse in `s3_server` (s3://bucket/<lake's own prefix>). The engine is K2_ENGINE,
+    `duckdb` unless a test parametrizes it: @pytest.mark.parametrize("s3_lake", ["spark"], indirect=True)."""
+    lake = s3.on_s3(lake, s3_server, engine=getattr(request, "param", "duckdb"))
+    for name, value in {**lake.env, **s3.credentials(s3_server)}.items():
         monkeypatch.setenv(name, value)
     return lake

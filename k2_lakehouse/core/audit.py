@@ -80,6 +80,7 @@ class TableResult:
     checks: list[CheckOutcome]
     duration_s: float
     publish_attempts: int
+    engine: str = "duckdb"  # which engine computed and audited the rows
 
     @property
     def passed(self) -> bool:
@@ -157,7 +158,7 @@ def write_audit_publish(
             snapshot, attempts = iceberg.snapshot_id(s.table.refresh()), 0
         results[name] = TableResult(
             s.contract, day, s.written.rows, len(s.written.paths), s.written.bytes, passed, snapshot,
-            upstream, data_version, checks[name], time.perf_counter() - started, attempts,
+            upstream, data_version, checks[name], time.perf_counter() - started, attempts, engine.name,
         )
     return results
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from k2_lakehouse.core import hot_tier, iceberg, quality, reconcile
 from k2_lakehouse.core.audit import CheckOutcome, contract_outcome
 from k2_lakehouse.core.contracts import HotTable
-from k2_lakehouse.core.offload import OffloadResult, offload_day
+from k2_lakehouse.core.offload import OffloadResult, RangeWriter, offload_day
 from k2_lakehouse.core.settings import Settings
 
 EXACTLY_ONCE_CHECK = "exactly_once"
@@ -22,15 +22,17 @@ class BronzeDay:
 
 
 def build_bronze_day(
-    settings: Settings, hot: HotTable, day: dt.date, *, run_id: str = "", verified: reconcile.Verified | None = None
+    settings: Settings, hot: HotTable, day: dt.date, *, run_id: str = "", verified: reconcile.Verified | None = None,
+    write: RangeWriter | None = None,
 ) -> BronzeDay:
     """Offload the day, then check it: only what this run added when the last passing check (`verified`)
-    covered the watermark this run started from; else, or when unknown, the whole partition."""
+    covered the watermark this run started from; else, or when unknown, the whole partition. `write`
+    copies the missing ranges (default: in this process; `spark.offload_writer` fans them out)."""
     with hot_tier.hot_tier_errors(settings):
         client = hot_tier.connect(settings)
         try:
             table = iceberg.bronze_table(iceberg.catalog(settings), hot)
-            result = offload_day(table, client, hot, day, batch_rows=settings.batch_rows, run_id=run_id)
+            result = offload_day(table, client, hot, day, batch_rows=settings.batch_rows, run_id=run_id, write=write)
             incremental = verified is not None and verified.watermark == result.watermark_before
             if incremental:  # rows beyond the verified ones plus this run's came from elsewhere: check everything
                 rows = iceberg.partition_rows(table, hot.bronze, day, result.snapshot_id)  # manifests only: no data read

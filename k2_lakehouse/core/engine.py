@@ -60,7 +60,8 @@ def arrow_dataset(paths: list[str], schema: pa.Schema, io: FileIO) -> ds.Dataset
     if len(stores) > 1:
         raise ValueError(f"the files of one input span several buckets or filesystems: {sorted(stores)}")
     (scheme, netloc), = stores
-    return ds.dataset([path for _, _, path in located], schema=schema, format="parquet", filesystem=io.fs_by_scheme(scheme, netloc))
+    filesystem = io.fs_by_scheme(scheme, netloc)  # the table's own S3 client (endpoint, credentials, region)
+    return ds.dataset([path for _, _, path in located], schema=schema, format="parquet", filesystem=filesystem)
 
 
 def day_input(day: dt.date) -> pa.Table:

@@ -19,10 +19,14 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.manifest import DataFile
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
+from pyiceberg.io import (
+    PY_IO_IMPL, S3_ACCESS_KEY_ID, S3_ENDPOINT, S3_FORCE_VIRTUAL_ADDRESSING, S3_REGION, S3_SECRET_ACCESS_KEY,
+)
 from pyiceberg.table import Table
 
 from k2_lakehouse.core.contracts import HotTable, TableContract
 from k2_lakehouse.core.hot_tier import Watermark
+from k2_lakehouse.core.objectstore import aws_checksums_when_required, is_object_store
 from k2_lakehouse.core.settings import CATALOG_NAME, Settings
 
 WATERMARK_PREFIX = "k2.watermark."
@@ -38,11 +42,35 @@ TABLE_PROPERTIES = {
 
 
 def catalog(settings: Settings) -> Catalog:
+    properties = {"uri": settings.iceberg_catalog_uri, "warehouse": settings.warehouse, **s3_properties(settings)}
     try:
-        return SqlCatalog(CATALOG_NAME, uri=settings.iceberg_catalog_uri, warehouse=settings.warehouse)
+        return SqlCatalog(CATALOG_NAME, **properties)
     except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
         # Two processes created the catalog's own tables at once and this one lost: they exist now.
-        return SqlCatalog(CATALOG_NAME, uri=settings.iceberg_catalog_uri, warehouse=settings.warehouse)
+        return SqlCatalog(CATALOG_NAME, **properties)
+
+
+def s3_properties(settings: Settings) -> dict[str, str]:
+    """pyiceberg's FileIO properties for an s3:// warehouse ({} for a local one); every table's `io` inherits them.
+
+    The file IO is pyarrow's S3FileSystem (C++; the fastest pyiceberg has), with path-style addressing, as
+    S3-compatible servers (MinIO, the JuiceFS gateway) expect. An engine other than pyiceberg (Spark) maps
+    these to its own names. They hold the secret key: never log them.
+    """
+    if not is_object_store(settings.warehouse):
+        return {}
+    aws_checksums_when_required()  # before pyiceberg creates its S3 client (at a table's first file)
+    properties = {
+        PY_IO_IMPL: "pyiceberg.io.pyarrow.PyArrowFileIO",
+        S3_REGION: settings.s3_region,
+        S3_FORCE_VIRTUAL_ADDRESSING: "false",  # path-style: http://endpoint/bucket/key
+    }
+    if settings.s3_endpoint:  # unset: AWS itself
+        properties[S3_ENDPOINT] = settings.s3_endpoint
+    if settings.s3_access_key_id:  # unset: the AWS default chain (profile, instance role)
+        properties[S3_ACCESS_KEY_ID] = settings.s3_access_key_id
+        properties[S3_SECRET_ACCESS_KEY] = settings.s3_secret_access_key
+    return properties
 
 
 def ensure_table(cat: Catalog, contract: TableContract, *, branches: bool = False) -> Table:

