@@ -14,7 +14,9 @@ setup() {
   # The UI test drives Debian's chromium through playwright (never `playwright install`): ~80 s, once.
   # docker-compose (1.29, without the Docker engine it recommends) validates docker-compose.yml in a test.
   if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/docker-compose ]; } && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium docker-compose >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
   fi
 }
 

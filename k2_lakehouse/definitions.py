@@ -4,7 +4,7 @@ and shared resources."""
 from dagster import Definitions, in_process_executor
 
 from k2_lakehouse.defs import automation, bronze, gold, hot, silver
-from k2_lakehouse.defs.resources import LakehouseResource, SparkResource
+from k2_lakehouse.defs.resources import RESOURCES
 
 defs = Definitions.merge(
     hot.defs,
@@ -13,5 +13,5 @@ defs = Definitions.merge(
     gold.defs,
     automation.defs,
     # Steps run in the run's own process: a process per step would load the definitions again (~7 s each).
-    Definitions(resources={"lakehouse": LakehouseResource(), "spark": SparkResource()}, executor=in_process_executor),
+    Definitions(resources=RESOURCES, executor=in_process_executor),
 )

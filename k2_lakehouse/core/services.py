@@ -42,6 +42,7 @@ _PACKAGES = {
     "clickhouse-client": CLICKHOUSE_CLIENT,
     "postgresql-15": PG_BIN / "pg_ctl",
     "libpostgresql-jdbc-java": Path("/usr/share/java/postgresql.jar"),  # Spark's Iceberg JDBC catalog
+    "openjdk-17-jre-headless": Path("/usr/bin/java"),  # Spark (K2_ENGINE=spark) runs on Java 17
 }
 _PORT_HINT = "set K2_CLICKHOUSE_PORT / K2_CLICKHOUSE_HTTP_PORT / K2_POSTGRES_PORT to free ports"
 _START_TIMEOUT_S = 30.0

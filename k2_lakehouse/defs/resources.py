@@ -62,3 +62,6 @@ class LakehouseResource(ConfigurableResource):
         from k2_lakehouse.core.spark import offload_writer
 
         return offload_writer(spark.spark_session, settings)
+
+
+RESOURCES = {"lakehouse": LakehouseResource(), "spark": SparkResource()}  # what every K2 asset may ask for

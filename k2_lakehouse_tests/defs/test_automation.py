@@ -23,11 +23,11 @@ from k2_lakehouse.definitions import defs
 from k2_lakehouse.defs.automation import BRONZE_TAG, TRIGGER_TAG, catch_up_schedule, hot_tier_sensor
 from k2_lakehouse.defs.bronze import bronze_assets
 from k2_lakehouse.defs.layers import FOLLOW_UPSTREAM
-from k2_lakehouse.defs.resources import LakehouseResource
+from k2_lakehouse.defs.resources import RESOURCES
 from k2_lakehouse_tests.support import Lake, free_ports, insert_binance
 
 DAY, NEXT_DAY = dt.date(2026, 3, 14), dt.date(2026, 3, 15)
-RESOURCES = {"lakehouse": LakehouseResource()}
+
 
 
 def _tick(instance: DagsterInstance, cursor: str | None):

@@ -16,7 +16,7 @@ from k2_lakehouse.core.contracts import BINANCE
 from k2_lakehouse.definitions import defs
 from k2_lakehouse.defs.partitions import FIRST_DAY
 from k2_lakehouse.defs.bronze import bronze_assets
-from k2_lakehouse.defs.resources import LakehouseResource
+from k2_lakehouse.defs.resources import RESOURCES
 from k2_lakehouse_tests.support import Lake, insert_binance
 
 DAY = dt.date(2026, 4, 2)
@@ -26,7 +26,7 @@ BINANCE_KEY = AssetKey(["bronze", "trades_binance"])
 def _materialize(instance: DagsterInstance, **kwargs):
     return materialize(
         bronze_assets, partition_key=DAY.isoformat(), instance=instance,
-        resources={"lakehouse": LakehouseResource()}, **kwargs,
+        resources=RESOURCES, **kwargs,
     )
 
 

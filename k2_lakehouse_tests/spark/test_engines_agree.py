@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pyarrow as pa
 
 from k2_lakehouse.core import bronze, feed, iceberg
 from k2_lakehouse.core.audit import TableResult
+from k2_lakehouse.core.engine import DuckDBEngine
 from k2_lakehouse.core.contracts import BINANCE, GOLD_TABLES, HOT_TABLES, KRAKEN, SILVER_REJECTED, SILVER_TRADES
 from k2_lakehouse.core.gold import build_gold_day
 from k2_lakehouse.core.silver import build_silver_day
@@ -43,7 +42,7 @@ def test_duckdb_and_spark_build_identical_tables(lake: Lake, spark) -> None:
     for hot in HOT_TABLES.values():
         assert all(c.passed for c in bronze.build_bronze_day(lake.settings, hot, DAY).checks)
 
-    on_duckdb = _build(lake, engine=lambda: __import__("k2_lakehouse.core.engine", fromlist=["DuckDBEngine"]).DuckDBEngine())
+    on_duckdb = _build(lake, engine=DuckDBEngine)
     assert all(r.published and r.passed for r in on_duckdb.values()), [c.summary() for r in on_duckdb.values() for c in r.checks]
     duckdb_tables = _contents(lake)
 
