@@ -356,14 +356,18 @@ def _create_hot_tables(settings: Settings, paths: _Paths) -> None:
 
 
 def _stop_clickhouse(paths: _Paths, log: Log) -> None:
-    pid = _clickhouse_pid(paths)
+    _stop_checked("clickhouse", _clickhouse_pid(paths), paths.ch_pidfile, log)
+
+
+def _stop_checked(name: str, pid: int | None, pidfile: Path, log: Log) -> None:
+    """Stop a server whose pid was checked to be ours (None: not running), and forget its pid file."""
     if pid is None:
-        log("clickhouse: not running")
+        log(f"{name}: not running")
         return
-    log(f"clickhouse: stopping pid {pid}")
+    log(f"{name}: stopping pid {pid}")
     _terminate(pid)
-    paths.ch_pidfile.unlink(missing_ok=True)
-    log("clickhouse: stopped")
+    pidfile.unlink(missing_ok=True)
+    log(f"{name}: stopped")
 
 
 def _clickhouse_status(settings: Settings, paths: _Paths) -> ServiceStatus:
@@ -608,15 +612,7 @@ def start_s3_gateway(
 def stop_s3_gateway(root: Path, *, log: Log = print) -> None:
     """Stop the gateway started on `root` (checked by pid, executable and working directory); idempotent.
     Its data stays."""
-    paths = _S3Paths.of(root)
-    pid = s3_gateway_pid(root)
-    if pid is None:
-        log("s3: not running")
-        return
-    log(f"s3: stopping pid {pid}")
-    _terminate(pid)
-    paths.pidfile.unlink(missing_ok=True)
-    log("s3: stopped")
+    _stop_checked("s3", s3_gateway_pid(root), _S3Paths.of(root).pidfile, log)
 
 
 def s3_gateway_pid(root: Path) -> int | None:
