@@ -15,6 +15,14 @@ the process start, its peak RSS is the child's own (`os.wait4` in a bare launche
 - split: `--select group:bronze`, then `--select 'group:silver or group:gold'`, on another empty lake;
 - baseline: silver and gold the plain pandas way (`k2_lakehouse.baseline`) from the same bronze tables,
   compared table by table with what k2 wrote.
+
+`k2 bench scale`: the nine-table day at 1x, 2x, 4x (`--factors`) the rows, on DuckDB and on Spark, without Dagster.
+- per factor, one hot day seeded; per engine an empty lake built from it: bronze (both tables), silver, gold, each
+  step a fresh process (`bench.py step`), its peak memory the sum of its whole process tree's RSS (driver, Spark
+  JVM, Python workers; `measure_tree`), its wall time beside the step's own.
+
+`k2 bench parallel`: two equal exchanges offloaded one at a time, then at once (two processes started together):
+parallel efficiency = (t_binance + t_kraken) / (2 x t_both), on each engine, repeated.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -438,6 +447,586 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# =====================================================================================================
+# k2 bench scale and k2 bench parallel
+# =====================================================================================================
+
+SCALE_DAY = LARGE_DAY
+SCALE_STEPS = ("bronze", "silver", "gold")
+SCALE_ENGINES = ("duckdb", "spark")
+PARALLEL_TARGET = 0.85  # the issue's target for two equal exchanges offloaded at once, reported, never asserted
+SAMPLE_INTERVAL_S = 0.1  # how often the tree launcher sums the RSS of every process of a measured tree
+
+
+@dataclasses.dataclass
+class TreeChild:
+    """One measured child of a tree measurement: wall time from spawn to exit, its whole process tree's
+    memory (sum of every descendant's RSS, sampled), and what the child said about its own step."""
+
+    name: str
+    argv: list[str]
+    seconds: float
+    spawned: float  # epoch seconds
+    ended: float
+    cpu_seconds: float  # user + system of the child and the descendants it reaped (the Spark JVM is reaped: `_stop_spark`)
+    peak_rss_mib: float  # largest sampled sum over the tree, never below the largest single process (ru_maxrss)
+    max_process_rss_mib: float  # ru_maxrss: the largest single process of the tree that was reaped
+    max_processes: int  # most processes seen in the tree at once (1 on DuckDB; driver, JVM and Python workers on Spark)
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def result(self) -> dict:
+        """The step's own figures: the JSON line the child printed last."""
+        return _last_json(self.stdout) or {}
+
+    def summary(self) -> dict:
+        return {"name": self.name, "argv": self.argv, "seconds": self.seconds, "spawned": self.spawned, "ended": self.ended,
+                "cpu_seconds": self.cpu_seconds, "peak_rss_mib": self.peak_rss_mib,
+                "max_process_rss_mib": self.max_process_rss_mib, "max_processes": self.max_processes,
+                "returncode": self.returncode, "result": self.result}
+
+
+@dataclasses.dataclass
+class TreeMeasured:
+    """Children started together: the wall time until the last exits and the peak of their summed trees."""
+
+    children: list[TreeChild]
+    seconds: float
+    peak_rss_mib: float
+    samples: int
+    load_before: float
+    cpu_clickhouse_s: float | None  # CPU the ClickHouse server spent meanwhile (serving these children, mostly)
+    cpu_machine_s: float  # CPU the whole machine spent meanwhile: ours, ClickHouse's and any other work's
+
+    @property
+    def cores_ours(self) -> float:
+        """Cores kept busy on average by the children and the ClickHouse server."""
+        ours = sum(c.cpu_seconds for c in self.children) + (self.cpu_clickhouse_s or 0.0)
+        return ours / self.seconds if self.seconds else 0.0
+
+    @property
+    def cores_other(self) -> float:
+        """Cores kept busy on average by other work on the machine (noise)."""
+        return max(0.0, self.cpu_machine_s / self.seconds - self.cores_ours) if self.seconds else 0.0
+
+    def summary(self) -> dict:
+        return {"seconds": self.seconds, "peak_rss_mib": self.peak_rss_mib, "samples": self.samples,
+                "load_before": self.load_before, "cpu_clickhouse_s": self.cpu_clickhouse_s,
+                "cpu_machine_s": self.cpu_machine_s, "cores_ours": self.cores_ours, "cores_other": self.cores_other,
+                "children": [c.summary() for c in self.children]}
+
+
+# The tree launcher: a bare interpreter (plus psutil, a few MiB) starts every child at once, reaps each with
+# os.wait4 (its exit time, CPU and ru_maxrss) and meanwhile, every `interval` seconds, sums the RSS of each
+# child's whole process tree: on Spark the driver, its JVM and the JVM's Python workers, which ru_maxrss
+# (the largest single process) does not add up. A sum of RSS counts pages shared between processes (a
+# forked Python worker and its daemon) more than once: an upper bound, which is what a machine must have.
+_TREE_LAUNCHER = r"""
+import json, os, subprocess, sys, threading, time
+import psutil
+
+spec = json.loads(sys.argv[1])
+kids = []
+for c in spec["children"]:
+    with open(c["out"], "w") as out, open(c["err"], "w") as err:
+        popen = subprocess.Popen(c["argv"], stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    kids.append({"pid": popen.pid, "popen": popen, "spawned": time.time(), "peak": 0, "procs": 0, "root": None})
+started = min(k["spawned"] for k in kids)
+state = {"peak": 0, "samples": 0}
+done = threading.Event()
+
+def tree(kid):
+    try:
+        if kid["root"] is None:
+            kid["root"] = psutil.Process(kid["pid"])
+        return [kid["root"], *kid["root"].children(recursive=True)]
+    except psutil.Error:
+        return []
+
+def sample():
+    while not done.is_set():
+        total = 0
+        for kid in kids:
+            if "ended" in kid:
+                continue
+            rss, procs = 0, 0
+            for proc in tree(kid):
+                try:
+                    rss += proc.memory_info().rss
+                    procs += 1
+                except psutil.Error:
+                    pass
+            kid["peak"] = max(kid["peak"], rss)
+            kid["procs"] = max(kid["procs"], procs)
+            total += rss
+        state["peak"] = max(state["peak"], total)
+        state["samples"] += 1
+        done.wait(spec["interval"])
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
+waiting = {k["pid"]: k for k in kids}
+while waiting:
+    pid, status, usage = os.wait4(-1, 0)
+    kid = waiting.pop(pid, None)
+    if kid is not None:
+        kid.update(ended=time.time(), status=status, usage=usage)
+done.set()
+sampler.join()
+print(json.dumps({
+    "seconds": max(k["ended"] for k in kids) - started, "peak_bytes": state["peak"], "samples": state["samples"],
+    "children": [{"spawned": k["spawned"], "ended": k["ended"], "returncode": os.waitstatus_to_exitcode(k["status"]),
+                  "maxrss_kib": k["usage"].ru_maxrss, "cpu_seconds": k["usage"].ru_utime + k["usage"].ru_stime,
+                  "peak_bytes": k["peak"], "max_processes": k["procs"]} for k in kids],
+}))
+"""
+
+
+def measure_tree(children: list[tuple[str, list[str]]], env: dict[str, str], logs: Path,
+                 interval: float = SAMPLE_INTERVAL_S, clickhouse_pid: int | None = None) -> TreeMeasured:
+    """Start every (name, argv) at once, each a fresh process; wall time until the last exits, and each
+    one's (and all together) peak memory as the sum of its process tree's RSS, sampled every `interval` s.
+    Beside it, the CPU the ClickHouse server (`clickhouse_pid`) and the whole machine spent meanwhile."""
+    import psutil
+
+    spec = {"interval": interval, "children": [
+        {"argv": argv, "out": str(logs / f"{name}.out"), "err": str(logs / f"{name}.err")} for name, argv in children
+    ]}
+    load = os.getloadavg()[0]
+    server = _process(clickhouse_pid)
+    server_before, machine_before = _cpu_of(server), _busy_cpu(psutil.cpu_times())
+    launcher = subprocess.run([sys.executable, "-c", _TREE_LAUNCHER, json.dumps(spec)], env=env, capture_output=True,
+                              text=True, check=True)
+    server_after, machine_after = _cpu_of(server), _busy_cpu(psutil.cpu_times())
+    cpu_server = server_after - server_before if server_before is not None and server_after is not None else None
+    m = json.loads(launcher.stdout)
+    measured = []
+    for (name, argv), c in zip(children, m["children"]):
+        largest = c["maxrss_kib"] / 1024
+        measured.append(TreeChild(
+            name, argv, c["ended"] - c["spawned"], c["spawned"], c["ended"], c["cpu_seconds"],
+            max(c["peak_bytes"] / MIB, largest), largest, c["max_processes"], c["returncode"],
+            (logs / f"{name}.out").read_text(), (logs / f"{name}.err").read_text(),
+        ))
+    peak = max(m["peak_bytes"] / MIB, max(c.max_process_rss_mib for c in measured))
+    return TreeMeasured(measured, m["seconds"], peak, m["samples"], load, cpu_server, machine_after - machine_before)
+
+
+def _process(pid: int | None):
+    import psutil
+
+    try:
+        return psutil.Process(pid) if pid else None
+    except psutil.Error:
+        return None
+
+
+def _cpu_of(proc) -> float | None:
+    import psutil
+
+    if proc is None:
+        return None
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return None
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _busy_cpu(times) -> float:
+    """CPU seconds the machine spent on anything but idling (iowait counts as idle)."""
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)  # guest time is in user too
+
+
+def _clickhouse_pid(settings: Settings) -> int | None:
+    """The local ClickHouse server `k2 services up` started, if any (its CPU is part of an offload's cost)."""
+    from k2_lakehouse.core import services
+
+    try:
+        return services._clickhouse_pid(services._Paths.of(settings))
+    except Exception:  # noqa: BLE001 - a ClickHouse elsewhere: not measured
+        return None
+
+
+def parallel_efficiency(alone_a: float, alone_b: float, together: float) -> float:
+    """Two jobs run one after the other vs at once: (t_a + t_b) / (2 * t_both). 1.0: running both at once
+    took as long as one alone (perfect use of twice the resources); 0.5: no faster than one after the other."""
+    return (alone_a + alone_b) / (2 * together) if together > 0 else 0.0
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope of ys over xs (a fixed cost and a cost per unit)."""
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no points")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return my - slope * mx, slope
+
+
+def crossover(fixed_a: float, per_row_a: float, fixed_b: float, per_row_b: float) -> float | None:
+    """The size beyond which b (a larger fixed cost, say) takes less time than a: 0.0 if b is never slower,
+    None if it never catches up (its cost per row is not lower)."""
+    if fixed_b <= fixed_a and per_row_b <= per_row_a:
+        return 0.0
+    if per_row_b >= per_row_a:
+        return None
+    return (fixed_b - fixed_a) / (per_row_a - per_row_b)
+
+
+def _step_argv(step: str, day: dt.date, exchanges: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "k2_lakehouse.bench", "step", step, day.isoformat(), *exchanges]
+
+
+def _engine_env(env: dict[str, str], engine: str) -> dict[str, str]:
+    return {**env, "K2_ENGINE": engine}
+
+
+def _reset_catalog(settings: Settings, bench: Settings) -> None:
+    """An empty catalog and warehouse with the two (empty) bronze tables created: no measured process pays
+    for creating the catalog, and processes started together cannot race to create it."""
+    _recreate_databases(settings, BENCH_CATALOG_DB)
+    shutil.rmtree(settings.home / "bench" / "warehouse", ignore_errors=True)
+    cat = iceberg.catalog(bench)
+    for hot in HOT_TABLES.values():
+        iceberg.bronze_table(cat, hot)
+
+
+def _seed_day(settings: Settings, bench: Settings, rows: int, seed: int) -> dict:
+    from k2_lakehouse.core import feed
+
+    _reset_hot(settings)
+    print(f"seeding {rows:,} trades/exchange on {SCALE_DAY} into {BENCH_DB} ...", flush=True)
+    report = feed.seed(bench, SCALE_DAY, rows, seed=seed, progress=False)
+    settled = _wait_for_merges(bench)
+    print(f"  seeded in {report.seconds:.1f} s, merges settled after {settled:.1f} s", flush=True)
+    return {"rows_per_exchange": rows, "seconds": report.seconds, "summary": report.summary()}
+
+
+def _check_child(c: TreeChild, logs: Path) -> bool:
+    ok = c.returncode == 0 and bool(c.result.get("ok"))
+    if not ok:
+        print(f"  {c.name} FAILED (exit {c.returncode}); stderr tail (full log {logs / c.name}.err):\n{_tail(c.stderr)}",
+              flush=True)
+    return ok
+
+
+def scale(settings: Settings, *, rows: int, factors: list[int], engines: list[str]) -> int:
+    """The nine-table day at factors x `rows` trades per exchange, on each engine: bronze (both tables),
+    silver, gold, each step a fresh process like `k2 run` would start (without Dagster), every engine's
+    build on an empty lake from the same hot day."""
+    bench, env, logs = _bench_corner(settings)
+    server = _clickhouse_pid(settings)
+    results: dict = {"cpus": os.cpu_count(), "rows": rows, "factors": factors, "engines": engines,
+                     "spark_master": settings.spark_master, "batch_rows": settings.batch_rows,
+                     "sample_interval_s": SAMPLE_INTERVAL_S, "seeded": {}, "runs": []}
+    ok = True
+    for factor in factors:
+        results["seeded"][str(factor)] = _seed_day(settings, bench, factor * rows, seed=2)
+        for engine in engines:
+            _reset_catalog(settings, bench)
+            bronze_rows = 0
+            for step in SCALE_STEPS:
+                name = f"scale_{factor}x_{engine}_{step}"
+                print(f"measuring: {factor}x {engine} {step} ...", flush=True)
+                m = measure_tree([(name, _step_argv(step, SCALE_DAY))], _engine_env(env, engine), logs, clickhouse_pid=server)
+                c = m.children[0]
+                ok &= _check_child(c, logs)
+                r = c.result
+                if step == "bronze":
+                    bronze_rows = r.get("rows_out", 0)
+                run = {"factor": factor, "engine": engine, "step": step, "rows": bronze_rows,
+                       "rows_out": r.get("rows_out", 0), "wall_s": c.seconds,
+                       "start_s": (r["step_started"] - c.spawned) if "step_started" in r else None,
+                       "step_s": r.get("step_s"), "result_s": r.get("result_s"), "session_s": r.get("session_s"),
+                       "peak_rss_mib": c.peak_rss_mib, "max_process_rss_mib": c.max_process_rss_mib,
+                       "max_processes": c.max_processes, "cpu_seconds": c.cpu_seconds, "load_before": m.load_before,
+                       "cpu_clickhouse_s": m.cpu_clickhouse_s, "cores_ours": m.cores_ours, "cores_other": m.cores_other,
+                       "ok": c.returncode == 0 and bool(r.get("ok")), "child": c.summary()}
+                results["runs"].append(run)
+                print(f"  {c.seconds:.2f} s wall, step {run['step_s'] or 0:.2f} s, peak RSS {c.peak_rss_mib:.0f} MiB "
+                      f"over {c.max_processes} process(es)", flush=True)
+    results["analysis"] = analyse_scale(results["runs"])
+    print()
+    print(report_scale(results))
+    out = settings.home / "bench" / "scale_results.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nresults written to {out}; child logs in {logs}")
+    return 0 if ok else 1
+
+
+def analyse_scale(runs: list[dict]) -> dict:
+    """Per engine and step (and the day: the three steps summed), a fixed cost and a cost per row fitted
+    over the factors, and where Spark's line crosses DuckDB's."""
+    fits: dict = {}
+    for engine in sorted({r["engine"] for r in runs}):
+        for step in (*SCALE_STEPS, "day"):
+            if step == "day":
+                points = {}
+                for r in runs:
+                    if r["engine"] == engine and r["ok"]:
+                        points.setdefault(r["factor"], []).append(r)
+                pts = [(rs[0]["rows"], sum(x["wall_s"] for x in rs)) for rs in points.values() if len(rs) == len(SCALE_STEPS)]
+            else:
+                pts = [(r["rows"], r["wall_s"]) for r in runs if r["engine"] == engine and r["step"] == step and r["ok"]]
+            if len(pts) >= 2:
+                fixed, per_row = linear_fit([p[0] for p in pts], [p[1] for p in pts])
+                fits.setdefault(engine, {})[step] = {"fixed_s": fixed, "s_per_million_rows": per_row * 1e6}
+    crossovers = {}
+    if "duckdb" in fits and "spark" in fits:
+        for step in (*SCALE_STEPS, "day"):
+            d, s = fits["duckdb"].get(step), fits["spark"].get(step)
+            if d and s:
+                x = crossover(d["fixed_s"], d["s_per_million_rows"] / 1e6, s["fixed_s"], s["s_per_million_rows"] / 1e6)
+                crossovers[step] = x
+    return {"fits": fits, "crossover_rows": crossovers}
+
+
+def report_scale(r: dict) -> str:
+    def f(x: float | None, fmt: str = ".2f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    body = []
+    for run in r["runs"]:
+        body.append((f"{run['factor']}x", run["engine"], run["step"], f"{run['rows']:,}", f"{run['rows_out']:,}",
+                     f(run["wall_s"]), f(run["start_s"]), f(run["step_s"]), f(run["result_s"]), f"{run['peak_rss_mib']:.0f}",
+                     str(run["max_processes"]), f"{run['rows'] / run['step_s']:,.0f}" if run["step_s"] else "-",
+                     f"{run['rows'] / run['wall_s']:,.0f}" if run["wall_s"] else "-", f"{run['cores_ours']:.1f}",
+                     f"{run['cores_other']:.1f}", "ok" if run["ok"] else "FAILED"))
+    days = {}
+    for run in r["runs"]:
+        days.setdefault((run["factor"], run["engine"]), []).append(run)
+    for (factor, engine), rs in days.items():
+        wall = sum(x["wall_s"] for x in rs)
+        step = sum(x["step_s"] or 0 for x in rs)
+        body.append((f"{factor}x", engine, "day (3 processes)", f"{rs[0]['rows']:,}", "", f(wall), "", f(step), "",
+                     f"{max(x['peak_rss_mib'] for x in rs):.0f}", "", f"{rs[0]['rows'] / step:,.0f}" if step else "-",
+                     f"{rs[0]['rows'] / wall:,.0f}" if wall else "-", "", "", "ok" if all(x["ok"] for x in rs) else "FAILED"))
+    lines = [
+        f"k2 bench scale: {r['rows']:,} trades/exchange x {', '.join(map(str, r['factors']))}; {r['cpus']} CPUs; "
+        f"Spark {r['spark_master']}; every step a fresh process (no Dagster)",
+        "",
+        format_table(("factor", "engine", "step", "rows", "rows out", "wall s", "start s", "step s", "result s",
+                      "peak RSS MiB", "procs", "rows/s step", "rows/s wall", "cores", "other", "status"), body),
+        "rows = the day's bronze rows, both exchanges; wall = spawn to exit; start = spawn to the core call (interpreter, "
+        "imports, Spark session);",
+        "step = the core call (build_bronze_day x2 / build_silver_day / build_gold_day); result = the duration the step "
+        "reports (bronze: the copies only, OffloadResult.duration_s; silver, gold: TableResult.duration_s);",
+        f"peak RSS = largest sum of RSS over the step's process tree (driver, JVM, Python workers), sampled every "
+        f"{r['sample_interval_s']} s; procs = processes in that tree;",
+        "cores = CPU seconds of the tree and the ClickHouse server / wall s; other = cores busy with other work on the "
+        "machine meanwhile (noise).",
+    ]
+    a = r.get("analysis") or {}
+    if a.get("fits"):
+        lines += ["", "fitted wall time = fixed + per-row cost (least squares over the factors):"]
+        lines.append(format_table(("engine", "step", "fixed s", "s per M rows"), [
+            (engine, step, f"{v['fixed_s']:.2f}", f"{v['s_per_million_rows']:.2f}")
+            for engine, steps in a["fits"].items() for step, v in steps.items()
+        ]))
+    for step, x in (a.get("crossover_rows") or {}).items():
+        if any(a["fits"][engine][step]["s_per_million_rows"] <= 0 for engine in ("duckdb", "spark")):
+            lines.append(f"crossover, {step}: not measurable (a fitted cost per row is not positive: at these sizes the "
+                         "fixed costs and the noise dominate; measure larger factors)")
+        elif x is None:
+            lines.append(f"crossover, {step}: none on this machine (Spark's cost per row is not lower than DuckDB's)")
+        elif x == 0:
+            lines.append(f"crossover, {step}: Spark is not slower at any measured size")
+        else:
+            lines.append(f"crossover, {step}: Spark would be faster beyond ~{x:,.0f} bronze rows (extrapolated)")
+    return "\n".join(lines)
+
+
+def parallel(settings: Settings, *, rows: int, repeats: int, engines: list[str]) -> int:
+    """Two equal exchanges offloaded one at a time, then at once (two processes started together), each
+    time on an empty lake; parallel efficiency = (t_binance + t_kraken) / (2 * t_both)."""
+    bench, env, logs = _bench_corner(settings)
+    seeded = _seed_day(settings, bench, rows, seed=3)
+    server = _clickhouse_pid(settings)
+    exchanges = tuple(HOT_TABLES)
+    results: dict = {"cpus": os.cpu_count(), "rows_per_exchange": rows, "repeats": repeats, "engines": engines,
+                     "spark_master": settings.spark_master, "seeded": seeded, "target": PARALLEL_TARGET, "runs": []}
+    ok = True
+    for engine in engines:
+        eenv = _engine_env(env, engine)
+        for i in range(1, repeats + 1):
+            run: dict = {"engine": engine, "repeat": i}
+            for exchange in exchanges:
+                _reset_catalog(settings, bench)
+                name = f"parallel_{engine}_{i}_{exchange}_alone"
+                print(f"measuring: {engine} #{i} {exchange} alone ...", flush=True)
+                alone = measure_tree([(name, _step_argv("bronze", SCALE_DAY, (exchange,)))], eenv, logs, clickhouse_pid=server)
+                c = alone.children[0]
+                ok &= _check_child(c, logs)
+                run[exchange] = {**c.summary(), "cores_ours": alone.cores_ours, "cores_other": alone.cores_other,
+                                 "cpu_clickhouse_s": alone.cpu_clickhouse_s}
+            _reset_catalog(settings, bench)
+            print(f"measuring: {engine} #{i} {' + '.join(exchanges)} at once ...", flush=True)
+            both = measure_tree([(f"parallel_{engine}_{i}_{exchange}_together", _step_argv("bronze", SCALE_DAY, (exchange,)))
+                                 for exchange in exchanges], eenv, logs, clickhouse_pid=server)
+            for c in both.children:
+                ok &= _check_child(c, logs)
+            run["together"] = both.summary()
+            run.update(parallel_figures(run, exchanges))
+            run["bound"] = efficiency_bound(os.cpu_count() or 1, [run[e]["cores_ours"] for e in exchanges])
+            results["runs"].append(run)
+            print(f"  efficiency (wall) {run['efficiency_wall']:.0%}, (step) {run['efficiency_step']:.0%}, "
+                  f"(copy) {run['efficiency_copy']:.0%}", flush=True)
+    results["medians"] = {engine: {key: statistics.median(r[key] for r in results["runs"] if r["engine"] == engine)
+                                   for key in ("efficiency_wall", "efficiency_step", "efficiency_copy", "alone_wall_s",
+                                               "together_wall_s", "bound")}
+                          for engine in engines}
+    print()
+    print(report_parallel(results))
+    out = settings.home / "bench" / "parallel_results.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nresults written to {out}; child logs in {logs}")
+    return 0 if ok else 1
+
+
+def efficiency_bound(cpus: int, cores_alone: list[float]) -> float:
+    """The best parallel efficiency the cores allow: jobs that alone keep `cores_alone` cores busy (their own
+    and the ClickHouse server's CPU over their wall time) cannot, all at once, finish faster than the machine
+    can supply that CPU. No job is sped up by running beside another, so the bound is at most 1."""
+    need = sum(cores_alone)
+    return min(1.0, cpus / need) if need > 0 else 1.0
+
+
+def parallel_figures(run: dict, exchanges: tuple[str, ...]) -> dict:
+    """A parallel run's efficiencies from its children: by wall time (process start included), by the
+    bronze step (the core call: copy and checks) and by the copy alone (OffloadResult.duration_s). Together,
+    a step's time is the window from the first child's start of it to the last one's end."""
+    a, b = (run[e] for e in exchanges)
+    kids = run["together"]["children"]
+
+    def window(start: str, end: str) -> float:
+        return max(k["result"][end] for k in kids) - min(k["result"][start] for k in kids)
+
+    alone_step = a["result"]["step_s"] + b["result"]["step_s"]
+    alone_copy = a["result"]["result_s"] + b["result"]["result_s"]
+    return {
+        "alone_wall_s": a["seconds"] + b["seconds"], "together_wall_s": run["together"]["seconds"],
+        "efficiency_wall": parallel_efficiency(a["seconds"], b["seconds"], run["together"]["seconds"]),
+        "efficiency_step": alone_step / (2 * window("step_started", "step_ended")),
+        # The copies inside the steps: each child's own copy time, both starting within the step window.
+        "efficiency_copy": alone_copy / (2 * max(k["result"]["result_s"] for k in kids)),
+    }
+
+
+def report_parallel(r: dict) -> str:
+    body = []
+    for run in r["runs"]:
+        exchanges = [k for k in run if k in HOT_TABLES]
+        together = run["together"]
+        body.append((
+            run["engine"], str(run["repeat"]),
+            *(f"{run[e]['seconds']:.2f} / {run[e]['result']['step_s']:.2f}" for e in exchanges),
+            f"{together['seconds']:.2f} / " + " ".join(f"{c['result']['step_s']:.2f}" for c in together["children"]),
+            f"{run['efficiency_wall']:.0%}", f"{run['efficiency_step']:.0%}", f"{run['efficiency_copy']:.0%}",
+            f"{max(run[e]['peak_rss_mib'] for e in exchanges):.0f} / {together['peak_rss_mib']:.0f}",
+            " ".join(f"{run[e]['cores_ours']:.1f}" for e in exchanges) + f" / {together['cores_ours']:.1f}",
+            f"{run['bound']:.0%}", f"{together['cores_other']:.1f}",
+        ))
+    for engine, m in r["medians"].items():
+        body.append((engine, "median", "", "", f"{m['together_wall_s']:.2f}", f"{m['efficiency_wall']:.0%}",
+                     f"{m['efficiency_step']:.0%}", f"{m['efficiency_copy']:.0%}", "", "", f"{m['bound']:.0%}", ""))
+    ex = list(HOT_TABLES)
+    lines = [
+        f"k2 bench parallel: {r['rows_per_exchange']:,} trades on each exchange; {r['cpus']} CPUs; bronze step only, "
+        "a fresh process per table, an empty lake each time",
+        "",
+        format_table(("engine", "run", *(f"{e} alone wall/step s" for e in ex), "both at once wall / steps s",
+                      "eff. wall", "eff. step", "eff. copy", "peak RSS MiB alone/both", "cores alone / both",
+                      "bound", "other"), body),
+        "efficiency = (t_binance + t_kraken) / (2 x t_both): wall = spawn to exit (process start included); step = the "
+        "bronze core call (copy + checks; together: first start to last end);",
+        "copy = OffloadResult.duration_s (together: the slower of the two). 100 %: both at once take as long as one "
+        "alone; 50 %: no gain over one after the other.",
+        "cores = CPU seconds of the processes and the ClickHouse server / wall s; bound = the best efficiency the "
+        f"{r['cpus']} cores allow for jobs that alone keep that many busy: cpus / (cores_binance + cores_kraken);",
+        "other = cores busy with other work on the machine while both ran (noise).",
+    ]
+    for engine, m in r["medians"].items():
+        wall = m["efficiency_wall"]
+        lines.append(f"{engine}: median parallel efficiency {wall:.0%} (wall; step {m['efficiency_step']:.0%}, copy "
+                     f"{m['efficiency_copy']:.0%}) vs the {r['target']:.0%} target ({'met' if wall >= r['target'] else 'NOT met'}); "
+                     f"the cores allowed at most {m['bound']:.0%}")
+    return "\n".join(lines)
+
+
+def _stop_spark(spark) -> None:
+    """Stop the session and wait for its JVM to exit (it does once its stdin closes), so the JVM's
+    shutdown is inside the measured wall time and the JVM is reaped by this process (its ru_maxrss counts)."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)
+    spark.stop()
+    if proc is not None:
+        try:
+            gateway.shutdown()
+        except Exception:  # noqa: BLE001 - the JVM may already be going
+            pass
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _run_step(settings: Settings, step: str, day_: dt.date, exchanges: list[str]) -> dict:
+    """One step of the day in this (fresh) process, on K2_ENGINE: what `k2 run` would call, without Dagster.
+    Times are epoch seconds, so the parent can line up processes started together."""
+    spark = None
+    session_s = 0.0
+    if settings.engine == "spark":
+        from k2_lakehouse.core import spark as k2spark
+
+        t = time.perf_counter()
+        spark = k2spark.session(settings)
+        session_s = time.perf_counter() - t
+    try:
+        if step == "bronze":
+            from k2_lakehouse.core.bronze import build_bronze_day
+
+            writer = None
+            if spark is not None:
+                writer = k2spark.offload_writer(spark, settings)
+            started = time.time()
+            built = [build_bronze_day(settings, hot_table(e), day_, write=writer) for e in exchanges or HOT_TABLES]
+            ended = time.time()
+            out = {"rows_out": sum(b.offload.rows for b in built), "result_s": sum(b.offload.duration_s for b in built),
+                   "ok": all(c.passed for b in built for c in b.checks),
+                   "tables": {b.offload.table: {"rows": b.offload.rows, "files": b.offload.files,
+                                                "copy_s": b.offload.duration_s} for b in built}}
+        else:
+            from k2_lakehouse.core.gold import build_gold_day
+            from k2_lakehouse.core.silver import build_silver_day
+
+            engine = None
+            if spark is not None:
+                engine = lambda: k2spark.SparkEngine(spark)  # noqa: E731
+            build = build_silver_day if step == "silver" else build_gold_day
+            cat = iceberg.catalog(settings)
+            started = time.time()
+            tables = build(cat, day_, **({"engine": engine} if engine else {}))
+            ended = time.time()
+            out = {"rows_out": sum(t.rows for t in tables.values()), "result_s": max(t.duration_s for t in tables.values()),
+                   "ok": all(t.published and t.passed for t in tables.values()),
+                   "tables": {name: {"rows": t.rows, "files": t.files, "engine": t.engine} for name, t in tables.items()}}
+    finally:
+        if spark is not None:
+            _stop_spark(spark)
+    return {"step": step, "engine": settings.engine, "day": day_.isoformat(), "session_s": session_s,
+            "step_started": started, "step_ended": ended, "step_s": ended - started, **out}
+
+
 # A minimal parent for each measured child. Linux carries the peak RSS of the address space a process
 # replaces at exec into its ru_maxrss, and a child starts from a copy of (or, spawned by vfork, from) its
 # parent's: spawned straight from this process, which holds the seeded days, every child would report at
@@ -692,6 +1281,8 @@ if __name__ == "__main__":
         method, exchange, day_ = sys.argv[2], sys.argv[3], dt.date.fromisoformat(sys.argv[4])
         measure = _measure_k2 if method == "k2" else _measure_baseline
         print(json.dumps(measure(Settings.from_env(), exchange, day_)))
+    elif sys.argv[1] == "step":  # bench.py step bronze|silver|gold DAY [EXCHANGE ...], on K2_ENGINE
+        print(json.dumps(_run_step(Settings.from_env(), sys.argv[2], dt.date.fromisoformat(sys.argv[3]), sys.argv[4:])))
     elif sys.argv[1] == "run-stats":  # the latest Dagster run of DAGSTER_HOME's instance
         print(json.dumps(_run_stats(), default=str))
     else:

@@ -100,8 +100,32 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.what == "freshness":
         return bench.freshness(settings, duration_s=args.duration)
+    if args.what == "scale":
+        return bench.scale(settings, rows=args.rows or 1_000_000, factors=args.factors, engines=args.engines)
+    if args.what == "parallel":
+        return bench.parallel(settings, rows=args.rows or 1_000_000, repeats=args.repeats, engines=args.engines)
     measure = {"day": bench.day, "incremental": bench.incremental}.get(args.what, bench.offload)
-    return measure(settings, rows=args.rows, small_rows=args.small_rows)
+    return measure(settings, rows=args.rows or 4_000_000, small_rows=args.small_rows)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _engine_list(text: str) -> list[str]:
+    from k2_lakehouse.core.settings import ENGINES
+
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [v for v in values if v not in ENGINES]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"engines must be among {', '.join(ENGINES)}, got {text!r}")
+    return values
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,12 +189,22 @@ def _parser() -> argparse.ArgumentParser:
         "incremental: sensor-sized bronze runs (5,000 new trades per exchange) on a day of --rows trades, "
         "checked incrementally, beside the same runs checked over the whole partition. "
         "freshness: `k2 live` on the bench corner; seconds from a trade's insert into ClickHouse to bronze and to gold. "
+        "scale: the nine-table day at --factors x --rows trades per exchange on each of --engines, bronze (both "
+        "tables), silver and gold each in a fresh process (wall time, step time, peak RSS of the whole process tree). "
+        "parallel: both exchanges with --rows trades each, offloaded one at a time, then at once (two processes), "
+        "--repeats times: parallel efficiency. "
         "Results in K2_HOME/bench/*results.json.",
     )
-    b.add_argument("what", nargs="?", choices=["offload", "day", "incremental", "freshness"], default="offload", help="what to measure (default: offload)")
-    b.add_argument("--rows", type=int, default=4_000_000, help="trades per exchange for the large run")
+    b.add_argument("what", nargs="?", choices=["offload", "day", "incremental", "freshness", "scale", "parallel"],
+                   default="offload", help="what to measure (default: offload)")
+    b.add_argument("--rows", type=int, default=None,
+                   help="trades per exchange for the large run (default: 4000000; scale and parallel: 1000000)")
     b.add_argument("--small-rows", type=int, default=1_000_000, help="trades per exchange for the memory comparison")
     b.add_argument("--duration", type=float, default=300.0, help="freshness: seconds of sampling (default: 300)")
+    b.add_argument("--factors", type=_int_list, default=[1, 2, 4], help="scale: multiples of --rows (default: 1,2,4)")
+    b.add_argument("--engines", type=_engine_list, default=["duckdb", "spark"],
+                   help="scale, parallel: engines to measure (default: duckdb,spark)")
+    b.add_argument("--repeats", type=int, default=3, help="parallel: repetitions (default: 3)")
     b.set_defaults(handler=_bench)
     return p
 
