@@ -28,7 +28,9 @@ missing AS (  -- bronze positions in neither table: replays, or losses
     SELECT bronze.exchange, bronze.pos, symbol_map.symbol, bronze.trade_id
     FROM bronze
     LEFT JOIN symbol_map ON symbol_map.exchange = bronze.exchange AND symbol_map.exchange_symbol = bronze.raw_symbol
-    WHERE bronze.pos NOT IN (SELECT pos FROM landed)
+    -- NOT EXISTS, not NOT IN: both engines plan an anti join (Spark plans NOT IN as a broadcast, which
+    -- does not fit in memory at millions of positions)
+    WHERE NOT EXISTS (SELECT 1 FROM landed WHERE landed.pos = bronze.pos)
 ),
 replays AS (
     SELECT missing.exchange, count(*) AS n
