@@ -751,12 +751,7 @@ def scale(settings: Settings, *, rows: int, factors: list[int], engines: list[st
                 print(f"  {c.seconds:.2f} s wall, step {run['step_s'] or 0:.2f} s, peak RSS {c.peak_rss_mib:.0f} MiB "
                       f"over {c.max_processes} process(es)", flush=True)
     results["analysis"] = analyse_scale(results["runs"])
-    print()
-    print(report_scale(results))
-    out = settings.home / "bench" / "scale_results.json"
-    out.write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nresults written to {out}; child logs in {logs}")
-    return 0 if ok else 1
+    return _finish(settings, "scale", results, report_scale(results), logs, ok)
 
 
 def analyse_scale(runs: list[dict]) -> dict:
@@ -880,9 +875,14 @@ def parallel(settings: Settings, *, rows: int, repeats: int, engines: list[str])
                                    for key in ("efficiency_wall", "efficiency_step", "efficiency_copy", "alone_wall_s",
                                                "together_wall_s", "bound")}
                           for engine in engines}
+    return _finish(settings, "parallel", results, report_parallel(results), logs, ok)
+
+
+def _finish(settings: Settings, name: str, results: dict, report: str, logs: Path, ok: bool) -> int:
+    """Print the report, keep the figures as JSON beside the child logs; exit 1 if any step failed."""
     print()
-    print(report_parallel(results))
-    out = settings.home / "bench" / "parallel_results.json"
+    print(report)
+    out = settings.home / "bench" / f"{name}_results.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     print(f"\nresults written to {out}; child logs in {logs}")
     return 0 if ok else 1
