@@ -59,7 +59,15 @@ def _feed(settings: Settings, args: argparse.Namespace) -> int:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from k2_lakehouse import runner
 
-    partitions = [args.partition.isoformat()] if args.partition else runner.pending_partitions(settings, args.select)
+    if args.partition:
+        partitions = [args.partition.isoformat()]
+    else:
+        pending = runner.pending_partitions(settings, args.select)
+        first = settings.first_day.isoformat()
+        partitions = [p for p in pending if p >= first]
+        if skipped := [p for p in pending if p < first]:  # not partitions: Dagster would refuse the whole run
+            print(f"warning: {len(skipped)} day(s) before K2_FIRST_DAY={settings.first_day} hold data but are not "
+                  f"partitions, so they are not built: {', '.join(skipped)}", file=sys.stderr)
     if not partitions:
         print("Nothing to do: every selected table is up to date with the hot tier.")
         return 0

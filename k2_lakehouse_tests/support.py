@@ -141,3 +141,34 @@ def graphql(port: int, query: str) -> dict:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
+
+
+def then_wait(call, barrier):
+    """`call`, then wait at `barrier`: racing writers reach their commits together."""
+
+    def wrapped(*args, **kwargs):
+        result = call(*args, **kwargs)
+        barrier.wait()
+        return result
+
+    return wrapped
+
+
+def race(*calls) -> list:
+    """Run the calls on their own threads at once; each one's result, or the exception it raised."""
+    import threading
+
+    results: list = []
+
+    def run(call) -> None:
+        try:
+            results.append(call())
+        except BaseException as exc:  # returned: the caller's assertions surface it
+            results.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

@@ -138,7 +138,7 @@ class SparkEngine:
         self._bind(name, self.spark.createDataFrame(table.to_pandas(), schema=from_arrow_schema(table.schema)))
 
     def materialize(self, name: str, sql: str) -> None:
-        frame = self.spark.sql(self._spark(sql)).persist()
+        frame = self.spark.sql(_to_spark(sql)).persist()
         self._cached[name] = frame
         self._bind(name, frame)
 
@@ -149,22 +149,18 @@ class SparkEngine:
             self._cached.pop(name).unpersist()
 
     def arrow(self, sql: str) -> pa.Table:
-        frame = self.spark.sql(self._spark(sql))
+        frame = self.spark.sql(_to_spark(sql))
         return pa.Table.from_batches(frame._collect_as_arrow(), schema=to_arrow_schema(frame.schema))
 
     def write(self, table: Table, contract: TableContract, day: dt.date, sql: str) -> WrittenFiles:
         """The rows of `sql` as Parquet files of `day`, written by the executors (one file per task,
         sorted by the contract's sort columns); if any task fails, every file of the write is deleted."""
-        frame = self.spark.sql(self._spark(sql)).sortWithinPartitions(*contract.sort_columns)
+        frame = self.spark.sql(_to_spark(sql)).sortWithinPartitions(*contract.sort_columns)
         return write_tasks(frame, table, contract, day)
 
     def _bind(self, name: str, frame: DataFrame) -> None:
         frame.createOrReplaceTempView(validate_identifier(name))
         self._views.add(name)
-
-    @staticmethod
-    def _spark(sql: str) -> str:
-        return _to_spark(sql)
 
 
 def write_tasks(frame: DataFrame, table: Table, contract: TableContract, day: dt.date) -> WrittenFiles:
@@ -242,7 +238,8 @@ def _offload_task(
                     offload.sort_chunk(hot, chunk)
                     for chunk in offload.chunks(_read_slice(client, hot, day, rng), offload.SORT_CHUNK_ROWS)
                 ))
-                yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [_size(properties, path)]})
+                if rows:  # a slice can hold no row of the day: feed partitions interleave days
+                    yield pa.RecordBatch.from_pydict({"path": [path], "rows": [rows], "bytes": [_size(properties, path)]})
     finally:
         client.disconnect()
 

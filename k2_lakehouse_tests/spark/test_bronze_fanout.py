@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from k2_lakehouse.core.contracts import BINANCE
 from k2_lakehouse.core.iceberg import read_watermark
 from k2_lakehouse.core.spark import offload_writer
 from k2_lakehouse_tests.core.test_offload import DAY, _assert_exactly_once, _data_files, _table
-from k2_lakehouse_tests.support import Lake, insert_binance
+from k2_lakehouse_tests.support import Lake, insert_binance, race, then_wait
 
 
 def test_slices_become_files_committed_once(lake: Lake, spark) -> None:
@@ -31,30 +32,30 @@ def test_slices_become_files_committed_once(lake: Lake, spark) -> None:
     assert again.rows == 0 and again.attempts == 0
 
 
+def test_slices_without_rows_of_the_day_write_no_file(lake: Lake, spark) -> None:
+    """Feed partitions interleave days: a slice of a day's offset range can hold none of its rows."""
+    client = lake.client()
+    other_day = DAY - dt.timedelta(days=1)
+    insert_binance(client, DAY, 0, range(1_000))
+    insert_binance(client, other_day, 0, range(1_000, 3_000))  # late trades of the day before, same partition
+    insert_binance(client, DAY, 0, range(3_000, 4_000))
+    table = _table(lake)
+    result = offload.offload_day(table, client, BINANCE, DAY, batch_rows=1_000, write=offload_writer(spark, lake.settings))
+    assert result.rows == 2_000 and result.files == 2  # 4 slices, 2 of them with rows of DAY
+    assert read_watermark(table, DAY) == {0: 3_999}
+    assert _assert_exactly_once(lake, table).actual == 2_000
+    assert len(_data_files(table)) == 2
+
+
 def test_two_spark_writers_race_and_one_wins(lake: Lake, spark) -> None:
     client_a, client_b = lake.client(), lake.client()
     insert_binance(client_a, DAY, 0, range(3_000))
     barrier = threading.Barrier(2, timeout=120)
-    spark_write = offload_writer(spark, lake.settings)
-
-    def write_then_wait(*args):
-        written = spark_write(*args)
-        barrier.wait()  # both have their files; both now race to commit
-        return written
-
-    results: list = []
-
-    def run(client) -> None:
-        try:
-            results.append(offload.offload_day(_table(lake), client, BINANCE, DAY, batch_rows=1_000, write=write_then_wait))
-        except BaseException as exc:  # surfaced by the assertion below
-            results.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in (client_a, client_b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    write = then_wait(offload_writer(spark, lake.settings), barrier)  # both have their files, then race to commit
+    results = race(*(
+        lambda c=c: offload.offload_day(_table(lake), c, BINANCE, DAY, batch_rows=1_000, write=write)
+        for c in (client_a, client_b)
+    ))
     assert not [r for r in results if isinstance(r, BaseException)], results
     assert sorted(r.rows for r in results) == [0, 3_000], results
     table = _table(lake)
