@@ -17,7 +17,7 @@ from k2_lakehouse.core import iceberg, offload, reconcile
 from k2_lakehouse.core.contracts import BINANCE
 from k2_lakehouse.core.errors import HotTierUnavailable, OffloadConflict
 from k2_lakehouse.core.hot_tier import connect, hot_tier_errors
-from k2_lakehouse_tests.support import Lake, free_ports, insert_binance
+from k2_lakehouse_tests.support import Lake, free_ports, insert_binance, race, then_wait
 
 DAY = dt.date(2026, 3, 14)
 
@@ -137,27 +137,10 @@ def test_lost_commit_race_never_duplicates(lake: Lake, monkeypatch: pytest.Monke
     client_a, client_b = lake.client(), lake.client()
     insert_binance(client_a, DAY, 0, range(1000))
     barrier = threading.Barrier(2, timeout=30)
-    real_write = offload._write_files
-
-    def write_then_wait(*args, **kwargs):
-        written = real_write(*args, **kwargs)
-        barrier.wait()  # both have their files; both now race to commit
-        return written
-
-    monkeypatch.setattr(offload, "_write_files", write_then_wait)
-    results: list = []
-
-    def run(client) -> None:
-        try:  # both create the table on first use, concurrently, as two first runs would
-            results.append(offload.offload_day(_table(lake), client, BINANCE, DAY))
-        except BaseException as exc:  # surfaced by the assertion below
-            results.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in (client_a, client_b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # Both have their files, then both race to commit.
+    monkeypatch.setattr(offload, "_write_files", then_wait(offload._write_files, barrier))
+    # Both create the table on first use, concurrently, as two first runs would.
+    results = race(*(lambda c=c: offload.offload_day(_table(lake), c, BINANCE, DAY) for c in (client_a, client_b)))
     monkeypatch.undo()
     assert not [r for r in results if isinstance(r, BaseException)], results
     assert sorted(r.rows for r in results) == [0, 1000], results
