@@ -24,8 +24,9 @@ from k2_lakehouse.core.settings import ClickHouseAddress, Settings
 _TIMEOUTS = {"connect_timeout": 5, "send_receive_timeout": 300, "sync_request_timeout": 5}
 
 
-def connect(settings: Settings, *, database: str | None = None) -> clickhouse_driver.Client:
-    """A client for the hot tier; `database=""` connects without selecting the k2 database."""
+def connect(settings: Settings, *, database: str | None = None, write: bool = False) -> clickhouse_driver.Client:
+    """A client for the hot tier; `database=""` connects without selecting the k2 database. `write`: a
+    client that may change the hot tier (feed inserts, DDL, retention drops); the offload only reads."""
     addr: ClickHouseAddress = settings.clickhouse
     return clickhouse_driver.Client(
         host=addr.host,

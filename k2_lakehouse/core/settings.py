@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,6 +47,11 @@ class Settings:
     s3_region: str = "us-east-1"
     s3_access_key_id: str = field(default="", repr=False)
     s3_secret_access_key: str = field(default="", repr=False)
+    # Long-run operations. K2_HOT_RETENTION_DAYS: hot days kept in ClickHouse (older ones are dropped once
+    # bronze holds them, DESIGN §5.6; 0 keeps every day). K2_MAINTAIN_OLDER_THAN: snapshots, abandoned
+    # audit branches and unreferenced files younger than this are never touched by maintenance.
+    hot_retention_days: int = 0
+    maintain_older_than: dt.timedelta = dt.timedelta(hours=24)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -70,6 +76,8 @@ class Settings:
             s3_region=env.get("AWS_REGION") or "us-east-1",
             s3_access_key_id=env.get("AWS_ACCESS_KEY_ID", ""),
             s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
+            hot_retention_days=_int(env, "K2_HOT_RETENTION_DAYS", 0),
+            maintain_older_than=_duration(env, "K2_MAINTAIN_OLDER_THAN", dt.timedelta(hours=24)),
         )
 
     @property
@@ -94,6 +102,8 @@ class Settings:
             "K2_FIRST_DAY": self.first_day.isoformat(),
             "K2_ENGINE": self.engine,
             "K2_SPARK_MASTER": self.spark_master,
+            "K2_HOT_RETENTION_DAYS": str(self.hot_retention_days),
+            "K2_MAINTAIN_OLDER_THAN": format_duration(self.maintain_older_than),
             **({"K2_S3_ENDPOINT": self.s3_endpoint, "AWS_REGION": self.s3_region} if self.s3_endpoint else {}),
         }  # the S3 credentials stay in the environment they came from: never printed
 
@@ -145,6 +155,35 @@ def _date(env: dict[str, str], name: str, default: dt.date) -> dt.date:
         return dt.date.fromisoformat(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a date YYYY-MM-DD, got {raw!r}") from None
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str) -> dt.timedelta:
+    """`90s`, `15m`, `24h`, `7d` (a bare number is seconds)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", raw)
+    if not match:
+        raise ConfigError(f"a duration looks like 90s, 15m, 24h or 7d, got {raw!r}")
+    return dt.timedelta(seconds=float(match[1]) * _DURATION_UNITS[match[2] or "s"])
+
+
+def format_duration(value: dt.timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _DURATION_UNITS[unit] == 0:
+            return f"{seconds // _DURATION_UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def _duration(env: dict[str, str], name: str, default: dt.timedelta) -> dt.timedelta:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return parse_duration(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def redact(url: str) -> str:
