@@ -40,12 +40,12 @@ import sys
 import time
 from pathlib import Path
 
-from k2_lakehouse.core import hot_tier, iceberg
-from k2_lakehouse.core.contracts import HOT_TABLES, hot_table
+from k2_lakehouse.core import hot_tier, iceberg, services
+from k2_lakehouse.core.contracts import HOT_TABLES, hot_table, validate_identifier
 from k2_lakehouse.core.report import format_table
 from k2_lakehouse.core.settings import Settings
 
-BENCH_DB = "k2_bench"
+BENCH_DB = services.BENCH_HOT_DATABASE  # "k2_bench": the local ClickHouse reader may read it
 BENCH_CATALOG_DB = "iceberg_bench"
 BENCH_DAGSTER_DB = "dagster_bench"
 LARGE_DAY = dt.date(2025, 6, 2)
@@ -124,24 +124,19 @@ def _reset(settings: Settings, bench: Settings) -> None:
 
 
 def _reset_hot(settings: Settings) -> None:
-    client = hot_tier.connect(settings, database="")
-    client.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
+    client = hot_tier.connect(settings, database="", write=True)
+    client.execute(f"DROP DATABASE IF EXISTS {validate_identifier(BENCH_DB)}")
     hot_tier.create_hot_tables(client, BENCH_DB)
     client.disconnect()
 
 
 def _recreate_databases(settings: Settings, *names: str) -> None:
-    import psycopg2
-
-    url = settings.iceberg_catalog_uri
-    conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://").rsplit("/", 1)[0] + "/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for name in names:
-            # FORCE: a bench child killed mid-run may leave a connection behind (PostgreSQL 13+).
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            cur.execute(f"CREATE DATABASE {name}")
-    conn.close()
+    """Empty bench databases, each owned by its K2 role (the catalog's, Dagster's), made through the local
+    cluster's superuser socket: the roles themselves cannot create databases."""
+    bench = bench_settings(settings)
+    urls = {BENCH_CATALOG_DB: bench.iceberg_catalog_uri, BENCH_DAGSTER_DB: bench.postgres_url}
+    for name in names:
+        services.create_database(settings, urls[name], replace=True)
 
 
 def _child(bench: Settings, method: str, exchange: str, day: dt.date) -> dict:
@@ -1076,7 +1071,8 @@ def _wait_for_merges(bench: Settings, timeout: float = 120.0) -> float:
     started = time.perf_counter()
     quiet = 0
     while time.perf_counter() - started < timeout and quiet < 3:
-        busy = client.execute(f"SELECT count() FROM system.merges WHERE database = '{BENCH_DB}'", settings={"use_numpy": False})[0][0]
+        busy = client.execute("SELECT count() FROM system.merges WHERE database = %(db)s", {"db": BENCH_DB},
+                              settings={"use_numpy": False})[0][0]
         quiet = quiet + 1 if busy == 0 else 0
         time.sleep(0.5)
     client.disconnect()

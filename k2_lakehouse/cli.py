@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+from pathlib import Path
 
 from k2_lakehouse.core.errors import K2Error
 from k2_lakehouse.core.settings import Settings
@@ -13,10 +14,10 @@ from k2_lakehouse.core.settings import Settings
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings.from_env()
-    for name, value in settings.exports().items():  # Dagster's config and child processes read these
-        os.environ.setdefault(name, value)
     try:
+        settings = Settings.from_env()  # a bad setting (say a hostile database name) is a one-line error too
+        for name, value in settings.exports().items():  # Dagster's config and child processes read these
+            os.environ.setdefault(name, value)
         return args.handler(settings, args) or 0
     except K2Error as exc:
         print(f"k2: error: {exc}", file=sys.stderr)
@@ -50,6 +51,9 @@ def _feed(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.action == "seed":
         report = feed.seed(settings, args.date, args.rows, seed=args.seed, progress=not args.quiet)
+        if args.hostile:
+            print(report.summary())
+            report, _ = feed.hostile(settings, args.date, seed=args.seed)
     else:
         report = feed.live(settings, args.rate, args.duration, seed=args.seed, progress=not args.quiet)
     print(report.summary())
@@ -84,6 +88,13 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if result.mismatched else 0
 
 
+def _maintain(settings: Settings, args: argparse.Namespace) -> int:
+    from k2_lakehouse.core import maintenance
+
+    print(maintenance.maintain(settings, older_than=args.older_than).report())
+    return 0
+
+
 def _live(settings: Settings, args: argparse.Namespace) -> int:
     from k2_lakehouse import live
 
@@ -114,6 +125,30 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         return bench.parallel(settings, rows=args.rows or 1_000_000, repeats=args.repeats, engines=args.engines)
     measure = {"day": bench.day, "incremental": bench.incremental}.get(args.what, bench.offload)
     return measure(settings, rows=args.rows or 4_000_000, small_rows=args.small_rows)
+
+
+def _chaos(settings: Settings, args: argparse.Namespace) -> int:
+    from k2_lakehouse import chaos
+
+    try:
+        result = chaos.run(args.trials, seed=args.seed, kinds=args.kinds or chaos.KINDS, report=args.report, keep=args.keep,
+                           exec_runs=args.exec_runs, log=lambda line: print(line, flush=True))
+    except ValueError as exc:
+        raise K2Error(str(exc)) from None
+    return 0 if result.ok else 1
+
+
+def _kind_list(text: str) -> list[str]:
+    from k2_lakehouse.chaos import KINDS
+
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    if not values or any(v not in KINDS for v in values):
+        raise argparse.ArgumentTypeError(f"kinds must be among {', '.join(KINDS)}, got {text!r}")
+    return values
+
+
+def _timedelta(text: str) -> dt.timedelta:
+    return dt.timedelta(seconds=_duration(text))
 
 
 def _int_list(text: str) -> list[int]:
@@ -151,6 +186,8 @@ def _parser() -> argparse.ArgumentParser:
     seed = fsub.add_parser("seed", help="write N trades per exchange for one day")
     seed.add_argument("--date", type=dt.date.fromisoformat, required=True, help="trade day, YYYY-MM-DD (UTC)")
     seed.add_argument("--rows", type=int, required=True, help="rows per exchange")
+    seed.add_argument("--hostile", action="store_true", help="then one message of every bad class a real feed "
+                      "delivers, per exchange (bad numbers, symbols, bytes and times, conflicting duplicates, 1 MiB fields)")
     live = fsub.add_parser("live", help="write trades in real time")
     live.add_argument("--rate", type=float, required=True, help="trades per second per exchange")
     live.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
@@ -170,6 +207,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--layers", type=lambda s: set(s.split(",")), default={"bronze", "silver", "gold"},
                    help="comma-separated layers to verify (default: bronze,silver,gold)")
     v.set_defaults(handler=_verify)
+
+    m = sub.add_parser("maintain", help="table maintenance now: compact small files, drop abandoned audit branches, "
+                       "expire snapshots and remove unreferenced files, on every Iceberg table")
+    m.add_argument("--older-than", type=_timedelta, default=None, metavar="DURATION",
+                   help="keep snapshots, audit branches and unreferenced files younger than this, e.g. 30m, 24h, 7d "
+                   "(default: K2_MAINTAIN_OLDER_THAN, 24h)")
+    m.set_defaults(handler=_maintain)
 
     lv = sub.add_parser(
         "live", help="run the whole system: services, history, live feed, Dagster webserver and daemon, until Ctrl-C",
@@ -214,6 +258,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="scale, parallel: engines to measure (default: duckdb,spark)")
     b.add_argument("--repeats", type=int, default=3, help="parallel: repetitions (default: 3)")
     b.set_defaults(handler=_bench)
+
+    c = sub.add_parser(
+        "chaos", help="randomized fault trials on a private lake: every layer must recover with 0 duplicates, 0 losses",
+        description="Starts private ClickHouse and PostgreSQL on free ports with a lake under a temporary directory "
+        "(the configured services and tables are never touched), then runs N trials: fresh feed data, one random fault "
+        "(kill, clickhouse_restart, postgres_restart, concurrent_runs, redelivery_storm, late_data, metadata_loss, "
+        "maintenance), ordinary `k2 run`s until they succeed, and the full verification of `k2 verify`. Prints trials "
+        "by fault kind and outcome; exit 1 if any trial did not recover or found a duplicate or a loss.",
+    )
+    c.add_argument("--trials", type=int, default=20, help="number of trials (default: 20)")
+    c.add_argument("--seed", type=int, default=None, help="random seed: the same seed draws the same faults (default: random)")
+    c.add_argument("--kinds", type=_kind_list, default=None, help="comma-separated fault kinds (default: all)")
+    c.add_argument("--report", type=Path, default=None, help="also write the table and every trial as Markdown to FILE")
+    c.add_argument("--keep", action="store_true", help="keep the private lake, its service data and logs (stopped)")
+    c.add_argument("--exec-runs", action="store_true",
+                   help="start every k2 run as a new interpreter instead of forking it from a warm server (slower)")
+    c.set_defaults(handler=_chaos)
     return p
 
 

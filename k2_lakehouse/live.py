@@ -20,7 +20,6 @@ import datetime as dt
 import errno
 import json
 import os
-import re
 import secrets
 import signal
 import socket
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from k2_lakehouse.core import services
 from k2_lakehouse.core.errors import ConfigError, ServiceError
-from k2_lakehouse.core.settings import Settings
+from k2_lakehouse.core.settings import Settings, parse_duration as settings_duration
 
 Log = Callable[[str], None]
 
@@ -69,11 +68,8 @@ def pid_file(settings: Settings) -> Path:
 
 
 def parse_duration(text: str) -> float:
-    """`90`, `90s`, `10m`, `1.5h` -> seconds (for `--for`)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m:
-        raise ConfigError(f"duration must look like 90s, 10m or 1h, got {text!r}")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    """`90`, `90s`, `10m`, `1.5h`, `1d` -> seconds (for `--for`)."""
+    return settings_duration(text).total_seconds()
 
 
 # ------------------------------------------------------------------------------------------ history

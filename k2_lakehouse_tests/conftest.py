@@ -20,7 +20,7 @@ def shared_services() -> Iterator[Settings]:
     os.environ["K2_PG_FSYNC"] = "off"  # test data is disposable
     root = traversable(Path(tempfile.mkdtemp(prefix="k2-tests-")))
     settings = services_settings(root / "home")
-    services.up(settings, log=lambda _: None)
+    services.up(settings, log=lambda _: None, any_hot_database=True)  # each lake has its own hot database
     try:
         yield settings
     finally:

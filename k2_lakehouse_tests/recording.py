@@ -86,10 +86,10 @@ class Recorder:
 
         monkeypatch.setattr(clickhouse_driver, "Client", CountedClient)
 
-        def connect(settings, *, database: str | None = None):
+        def connect(settings, *, database: str | None = None, write: bool = False):
             with self._lock:
                 self.clients += 1
-            return RecordingClient(real(settings, database=database), self)
+            return RecordingClient(real(settings, database=database, write=write), self)
 
         monkeypatch.setattr(hot_tier, "connect", connect)
         return real

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg2
 
-from k2_lakehouse.core import hot_tier
+from k2_lakehouse.core import hot_tier, services
 from k2_lakehouse.core.settings import Settings
 
 _counter = itertools.count()
@@ -52,30 +52,28 @@ class Lake:
     settings: Settings
     env: dict[str, str]
 
-    def client(self):
-        return hot_tier.connect(self.settings)
+    def client(self, *, write: bool = True):
+        """The writer by default (tests write hand-made hot rows); `write=False`: the read-only user."""
+        return hot_tier.connect(self.settings, write=write)
 
 
 def new_lake(base: Settings, root: Path) -> Lake:
     n = f"{os.getpid()}_{next(_counter)}"
     hot_db, iceberg_db, dagster_db = f"k2_t{n}", f"iceberg_t{n}", f"dagster_t{n}"
-    server = base.iceberg_catalog_uri.rsplit("/", 1)[0]
-    conn = psycopg2.connect(host="127.0.0.1", port=base.postgres_port, user="postgres", dbname="postgres")
-    conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction
-    with conn.cursor() as cur:
-        for db in (iceberg_db, dagster_db):
-            cur.execute(f"CREATE DATABASE {db}")
-    conn.close()
     home = traversable(root / n)
     settings = dataclasses.replace(
         base,
         clickhouse_url=base.clickhouse_url.rsplit("/", 1)[0] + f"/{hot_db}",
-        iceberg_catalog_uri=f"{server}/{iceberg_db}",
-        postgres_url=f"{server}/{dagster_db}",
+        clickhouse_writer_url=base.clickhouse_writer_url and base.clickhouse_writer_url.rsplit("/", 1)[0] + f"/{hot_db}",
+        iceberg_catalog_uri=base.iceberg_catalog_uri.rsplit("/", 1)[0] + f"/{iceberg_db}",
+        postgres_url=base.postgres_url.rsplit("/", 1)[0] + f"/{dagster_db}",
         warehouse=(home / "warehouse").as_uri(),
         dagster_home=home / "dagster",
     )
-    client = hot_tier.connect(settings, database="")
+    # Each database owned by its K2 role (the catalog's, Dagster's), as `k2 services up` makes them.
+    services.create_database(base, settings.iceberg_catalog_uri)
+    services.create_database(base, settings.postgres_url)
+    client = hot_tier.connect(settings, database="", write=True)
     hot_tier.create_hot_tables(client, hot_db)
     client.disconnect()
     settings.dagster_home.mkdir(parents=True)

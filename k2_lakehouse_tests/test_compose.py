@@ -140,7 +140,10 @@ def test_every_setting_comes_from_the_env_file(tmp_path: Path) -> None:
     for name in K2_PROCESSES:
         assert rendered["services"][name]["image"] == sentinels["K2_IMAGE"], name
     assert rendered["services"]["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"] == sentinels["CLICKHOUSE_PASSWORD"]
-    assert rendered["services"]["postgres"]["environment"]["POSTGRES_K2_PASSWORD"] == sentinels["POSTGRES_K2_PASSWORD"]
+    for name in ("CLICKHOUSE_READER_PASSWORD", "CLICKHOUSE_WRITER_PASSWORD"):
+        assert rendered["services"]["clickhouse"]["environment"][name] == sentinels[name]
+    for name in ("POSTGRES_DAGSTER_PASSWORD", "POSTGRES_CATALOG_PASSWORD"):
+        assert rendered["services"]["postgres"]["environment"][name] == sentinels[name]
     code = "\n".join(line for line in COMPOSE_FILE.read_text().splitlines() if not line.lstrip().startswith("#"))
     referenced = set(REFERENCE.findall(code))
     assert referenced <= set(example), f"not in .env.example: {sorted(referenced - set(example))}"
@@ -158,12 +161,19 @@ def test_the_example_settings_reach_the_bundled_services(stack: dict[str, Any]) 
     example = env_file_values()
     settings = Settings.from_env(stack["code-location"]["environment"])
     ch = settings.clickhouse
-    assert (ch.host, ch.port, ch.user, ch.password) == ("clickhouse", 9000, "k2", example["CLICKHOUSE_PASSWORD"])
+    assert (ch.host, ch.port, ch.user, ch.password) == ("clickhouse", 9000, "k2_reader", example["CLICKHOUSE_READER_PASSWORD"])
     assert ch.database == stack["clickhouse"]["environment"]["CLICKHOUSE_DB"]
-    for url, database in ((settings.postgres_url, "/dagster"), (settings.iceberg_catalog_uri, "/iceberg")):
+    writer = settings.clickhouse_writer
+    assert (writer.host, writer.port, writer.user, writer.password, writer.database) == (
+        "clickhouse", 9000, "k2_writer", example["CLICKHOUSE_WRITER_PASSWORD"], ch.database
+    )
+    for url, role, password, database in (
+        (settings.postgres_url, "k2_dagster", "POSTGRES_DAGSTER_PASSWORD", "/dagster"),
+        (settings.iceberg_catalog_uri, "k2_catalog", "POSTGRES_CATALOG_PASSWORD", "/iceberg"),
+    ):
         parts = urlsplit(url)
         assert (parts.scheme, parts.hostname, parts.port, parts.username, parts.password, parts.path) == (
-            "postgresql+psycopg2", "postgres", 5432, "k2", example["POSTGRES_K2_PASSWORD"], database
+            "postgresql+psycopg2", "postgres", 5432, role, example[password], database
         )
     assert settings.warehouse.startswith("s3://") and settings.s3_endpoint == "http://minio:9000"
     assert stack["bucket-init"]["environment"]["K2_WAREHOUSE"] == settings.warehouse
@@ -195,3 +205,40 @@ def test_secrets_stay_out_of_git_and_the_image_build() -> None:
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
     dockerignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in dockerignore and "!.env" not in dockerignore  # everything out of the context, then an allow-list
+
+
+def test_least_privilege_users_and_roles(stack: dict[str, Any]) -> None:
+    """K2 reads ClickHouse as a read-only user and writes as a separate one, which only the processes that
+    change the hot tier get; each PostgreSQL database has its own role, owner of that database only."""
+    import xml.etree.ElementTree as ET
+
+    clickhouse = stack["clickhouse"]
+    mounts = {v["target"]: v["source"] for v in clickhouse["volumes"] if isinstance(v, dict)} or {
+        v.split(":")[1]: v.split(":")[0] for v in clickhouse["volumes"]
+    }
+    users_file = Path(mounts["/etc/clickhouse-server/users.d/k2-users.xml"])
+    assert users_file == ROOT / "docker" / "clickhouse-users.xml"
+    root = ET.parse(users_file).getroot()
+    reader, writer = root.find("users/k2_reader"), root.find("users/k2_writer")
+    assert reader.findtext("profile") == "k2_reader"
+    # readonly=2: reads and the per-query settings K2 sends (max_block_size); readonly=1 would refuse those.
+    assert root.findtext("profiles/k2_reader/readonly") == "2"
+    for user, variable in ((reader, "CLICKHOUSE_READER_PASSWORD"), (writer, "CLICKHOUSE_WRITER_PASSWORD")):
+        assert user.find("password").get("from_env") == variable and not (user.findtext("password") or "").strip()
+        assert [d.text for d in user.findall("allow_databases/database")] == ["k2"]
+        assert clickhouse["environment"][variable]
+    assert stack["clickhouse"]["environment"]["CLICKHOUSE_USER"] not in ("k2_reader", "k2_writer")
+
+    with_writer = {name for name, service in stack.items() if "K2_CLICKHOUSE_WRITER_URL" in (service.get("environment") or {})}
+    assert with_writer == {"hot-tier-init", "code-location"}
+    assert "write=True" in " ".join(stack["hot-tier-init"]["command"])
+
+    init = (ROOT / "docker" / "postgres-init.sh").read_text()
+    for role, database, variable in (("k2_dagster", "dagster", "POSTGRES_DAGSTER_PASSWORD"),
+                                     ("k2_catalog", "iceberg", "POSTGRES_CATALOG_PASSWORD")):
+        create = re.search(rf"CREATE ROLE {role} (.*);", init)
+        assert create and all(word in create[1] for word in ("LOGIN", "NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE"))
+        assert f"CREATE DATABASE {database} OWNER {role};" in init
+        assert f"REVOKE ALL ON DATABASE {database} FROM PUBLIC;" in init
+        assert f"${{{variable}:?" in init and stack["postgres"]["environment"][variable]
+    assert "PASSWORD '" not in init  # passwords only as psql variables, never pasted into SQL text

@@ -61,6 +61,7 @@ def exactly_once_outcome(recon: reconcile.Reconciliation) -> CheckOutcome:
             "missing": recon.missing,
             "checksum_match": recon.checksum_match,
             "not_yet_offloaded": recon.not_yet_offloaded,
+            "retired_positions": recon.retired,  # expected positions vouched for by the retirement record, not the hot tier
             "scope": recon.scope,
         },
         description="bronze rows = distinct feed positions = hot positions up to the watermark",

@@ -43,6 +43,9 @@ class Column:
     ge: int | None = None
     isin: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        validate_identifier(self.name)  # column names reach SQL text (SELECT lists, DDL, GROUP BY)
+
 
 @dataclass(frozen=True)
 class TableContract:
@@ -55,6 +58,10 @@ class TableContract:
     unique: tuple[str, ...]  # unique within a day partition
     non_decreasing: tuple[tuple[str, ...], ...] = ()  # e.g. (low, open, high): low <= open <= high on every row
     properties: dict[str, str] = field(default_factory=dict)  # extra Iceberg table properties
+
+    def __post_init__(self) -> None:
+        for name in (self.namespace, self.name, self.day_column, *self.sort_columns, *self.unique):
+            validate_identifier(name)  # every name of a contract may reach SQL text
 
     @property
     def identifier(self) -> tuple[str, str]:
@@ -185,6 +192,32 @@ _FEED_COLUMNS = (
 # cheaper to sort than Kraken's time strings, and the trade identity silver de-duplicates on.
 _BRONZE_UNIQUE = ("kafka_partition", "kafka_offset")
 
+# Text that is not UTF-8. A ClickHouse String is bytes, but Arrow's and Iceberg's `string` is UTF-8 text, so a
+# hot value that is not UTF-8 cannot be copied to bronze as it is. It is kept, reversibly, as this prefix plus
+# the hex of its bytes (a U+FFFD REPLACEMENT CHARACTER first, as any reader would show the bad bytes); a UTF-8
+# value that itself starts with the prefix is escaped too, so `text_bytes` always gives back the exact bytes
+# the hot tier holds. Every other value is copied unchanged. (Bronze columns of type binary would hold the
+# bytes directly but would make every reader decode every value of every row for a fault real feeds,
+# being JSON over WebSocket text frames, almost never have.)
+UNDECODABLE_PREFIX = "\ufffdk2:hex:"
+
+
+def text_value(raw: bytes) -> str:
+    """A hot-tier String value as bronze holds it: the text itself, or `UNDECODABLE_PREFIX` + hex when it is
+    not UTF-8 (or starts with the prefix)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return UNDECODABLE_PREFIX + raw.hex()
+    return UNDECODABLE_PREFIX + raw.hex() if text.startswith(UNDECODABLE_PREFIX) else text
+
+
+def text_bytes(value: str) -> bytes:
+    """The exact bytes of the hot-tier value a bronze text value holds (the inverse of `text_value`)."""
+    if value.startswith(UNDECODABLE_PREFIX):
+        return bytes.fromhex(value[len(UNDECODABLE_PREFIX):])
+    return value.encode("utf-8")
+
 
 def _bronze(exchange: str, doc: str, columns: tuple[Column, ...], symbol_column: str) -> TableContract:
     return TableContract(
@@ -200,6 +233,13 @@ class HotTable:
     exchange: str
     bronze: TableContract
     symbol_column: str  # where the exchange's symbol is, as sent
+    # Columns the hot table gained beyond the contract (ALTER TABLE ... ADD COLUMN), found at the start of an
+    # offload (`drift.hot_shape`) and copied to bronze too, which stays an exact copy; () on the contract itself.
+    extra_columns: tuple[Column, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.name)  # the hot table's name reaches every hot-tier SQL text
+        validate_identifier(self.symbol_column)
 
     @property
     def name(self) -> str:
@@ -207,15 +247,17 @@ class HotTable:
 
     @property
     def columns(self) -> tuple[Column, ...]:
-        return self.bronze.columns
+        return (*self.bronze.columns, *self.extra_columns)
 
     @property
     def column_names(self) -> list[str]:
-        return self.bronze.column_names
+        return [c.name for c in self.columns]
 
-    @property
+    @cached_property
     def arrow_schema(self) -> pa.Schema:
-        return self.bronze.arrow_schema
+        if not self.extra_columns:
+            return self.bronze.arrow_schema
+        return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns])
 
     @property
     def bronze_identifier(self) -> tuple[str, str]:
@@ -315,16 +357,30 @@ def canonical_symbols() -> tuple[str, ...]:
 
 # Why a row is rejected, in the order they are tested (the first that applies is recorded).
 REJECT_REASONS = (
+    "oversized_message",  # its text fields hold more than MAX_MESSAGE_TEXT characters together
+    "invalid_utf8",  # a text field is not UTF-8 (bronze holds it escaped: UNDECODABLE_PREFIX)
     "malformed_message",  # the message's shape is wrong (event type, side flag)
-    "unknown_symbol",
+    "unknown_symbol",  # not in symbols.csv, compared exactly: `btcusdt` is not Binance's `BTCUSDT`
     "missing_trade_time",
     "unparseable_trade_time",
+    "implausible_trade_time",  # readable, but too far from when the feed record was produced (1970, 9999, ...)
     "trade_time_outside_day",
     "non_numeric_price",
+    "price_out_of_range",  # a number, but more than 10 integer digits or 8 decimals: beyond decimal(18,8)
     "non_numeric_quantity",
+    "quantity_out_of_range",
     "non_positive_price",
     "non_positive_quantity",
+    "conflicting_duplicate",  # a later feed position of a trade identity silver holds, with other content
 )
+# A message's trade time is plausible within [record timestamp - MAX_LATE, record timestamp + MAX_AHEAD]: a
+# trade reaches the feed after it happened (late trades by days at most), never long before (clock skew).
+# The consumer dates a message by its trade time only when plausible, else by the record timestamp (as an
+# unreadable time), so a trade time in 1970 or 9999 neither breaks ClickHouse's Date nor lands in a day no
+# run ever builds; silver rejects it as `implausible_trade_time` in the day it was delivered.
+TRADE_TIME_MAX_LATE_US = 7 * 86_400_000_000
+TRADE_TIME_MAX_AHEAD_US = 3_600_000_000
+MAX_MESSAGE_TEXT = 4096  # characters in all text fields of one message (real ones hold under 100)
 
 SILVER_TRADES = TableContract(
     namespace="silver", name="trades",
@@ -464,8 +520,9 @@ _LINEAGE: dict[str, dict[str, tuple[ColumnSource, ...]]] = {
         **_SILVER_COMMON,
         "trade_date": _per_exchange(("trade_date",), ("trade_date",)),
         # the first failing rule: message shape, symbol, trade time, price, quantity (silver_normalized.sql)
-        "reason": _per_exchange(("event_type", "symbol", "trade_time", "price", "quantity"),
-                                ("side", "pair", "time", "price", "volume")),
+        "reason": _per_exchange(("event_type", "symbol", "trade_time", "price", "quantity", "kafka_timestamp", "trade_id"),
+                                ("side", "pair", "time", "price", "volume", "order_type", "misc", "kafka_timestamp",
+                                 "trade_id")),
         "raw_symbol": _per_exchange(("symbol",), ("pair",)),
         "raw_trade_id": _per_exchange(("trade_id",), ("trade_id",)),
         "raw_price": _per_exchange(("price",), ("price",)),

@@ -27,3 +27,16 @@ class PublishConflict(K2Error):
 
 class AuditFailed(K2Error):
     """A write-audit-publish check failed: `main` was left exactly as it was."""
+
+
+class SchemaDrift(K2Error):
+    """A hot table no longer matches its bronze contract (a column removed, renamed or retyped), or gained a column
+    of a type bronze cannot hold: the offload stopped before writing any file; nothing committed, watermark unchanged."""
+
+    def __init__(self, table: str, drifts: list[tuple[str, str, str]], message: str) -> None:
+        super().__init__(message)
+        self.table = table  # the hot table, database.table
+        self.drifts = drifts  # (column, expected, found) for every column that drifted
+
+    def __reduce__(self):  # pickles (the message alone would not rebuild it)
+        return type(self), (self.table, self.drifts, str(self))

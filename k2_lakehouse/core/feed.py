@@ -24,9 +24,15 @@ behaves like the real thing, including its faults:
 * **Malformed messages** (~`MALFORMED_SHARE`): price `""`, `"abc"`, `"NaN"`; zero or negative quantity;
   unknown symbol; for Kraken also side `"x"` and time `"garbage"`. They are stored like any other
   message (the hot tier keeps prices and quantities as strings for exactly this reason).
+* **Hostile messages** (`hostile`, `k2 feed seed --hostile`): on demand, one message of every bad class a
+  real feed delivers, per exchange in its own shape (`hostile_messages`, deterministic): empty, NaN,
+  infinite, negative, zero and beyond-decimal(18,8) prices and quantities, unknown, lower-case, non-UTF-8,
+  control-character and SQL-looking symbols, trade times in 1970 and 9999, a replay and a conflicting
+  duplicate of a trade id, 1 MiB fields. Never part of `seed` or `live` on their own.
 * **Record timestamps and days.** Every message carries `kafka_timestamp`, the feed record's own
   timestamp (epoch ms): its simulated arrival, when the record was produced. `trade_date` is decided
-  once, from the message itself: the UTC day of its trade time or, when that is unreadable, of its
+  once, from the message itself: the UTC day of its trade time or, when that is unreadable or implausible
+  (not within `contracts.TRADE_TIME_MAX_LATE_US` before / `_AHEAD_US` after the record: 1970, 9999), of its
   `kafka_timestamp` (the contract's rule), never the consumer's clock. A redelivery copies both, so a
   restart after midnight cannot put one feed position into two days.
 * **Late trades** (`live` only): a `late_share` of the messages carry a trade time exactly 1 day
@@ -67,9 +73,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from k2_lakehouse.core import hot_tier
-from k2_lakehouse.core.contracts import BINANCE, KRAKEN, HotTable
+from k2_lakehouse.core.contracts import BINANCE, KRAKEN, TRADE_TIME_MAX_AHEAD_US, TRADE_TIME_MAX_LATE_US, HotTable
 from k2_lakehouse.core.errors import ConfigError
 from k2_lakehouse.core.settings import Settings
 
@@ -193,9 +200,9 @@ SPECS: dict[str, ExchangeSpec] = {s.name: s for s in (BINANCE_SPEC, KRAKEN_SPEC)
 _KRAKEN_CHANNEL_BASE = 119_930_881  # WebSocket v1 channel ids: one per subscribed pair
 
 
-def kafka_partition(key: str, partitions: int = PARTITIONS) -> int:
+def kafka_partition(key: str | bytes, partitions: int = PARTITIONS) -> int:
     """Kafka's default partitioner for a keyed message: `toPositive(murmur2(key)) % partitions`."""
-    data = key.encode()
+    data = key if isinstance(key, bytes) else key.encode()
     length = len(data)
     m = 0x5BD1E995
     h = (0x9747B28C ^ length) & 0xFFFFFFFF
@@ -531,7 +538,7 @@ class _ExchangeFeed:
         # time). A message whose trade time is unreadable is dated by it, never by the consumer's clock:
         # a redelivery copies the row, so one feed position stays in one day.
         kafka_ms = arrival_us // 1000
-        unreadable = unreadable[src]
+        unreadable = unreadable[src] | ~_plausible(trade_us[src], kafka_ms)  # 1970, 9999: dated like unreadable
         columns["trade_date"][unreadable] = (kafka_ms[unreadable] // DAY_MS).astype("datetime64[D]")
         columns["kafka_timestamp"] = kafka_ms.astype(np.uint64)
         # Late: dated to an earlier day than its arrival, which an unreadable time is not.
@@ -802,7 +809,7 @@ def _seed_exchange(
     stop: threading.Event,
     advance: Callable[[int], None],
 ) -> None:
-    client = hot_tier.connect(settings)
+    client = hot_tier.connect(settings, write=True)
     try:
         next_offsets, used = _hot_state(client, spec.table)
         salt = _pick_salt(seed_, "seed", day, spec, used)
@@ -914,7 +921,7 @@ def live(
     bar = _progress(total, "live", progress)
     stop = threading.Event()
     with hot_tier.hot_tier_errors(settings), _stop_on_sigint(stop):
-        client = hot_tier.connect(settings)
+        client = hot_tier.connect(settings, write=True)
         try:
             last_us = int(time.time() * 1e6)
             path = FairPath(seed, last_us, 1)
@@ -978,3 +985,165 @@ def _stop_on_sigint(stop: threading.Event) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+# --------------------------------------------------------------------------------------------------
+# hostile: one message of every bad class a real feed delivers
+# --------------------------------------------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class HostileMessage:
+    """One hostile message as the consumer wrote it: the hot row, with the bytes of every String column."""
+
+    kind: str  # the bad class, e.g. "price_nan" (`hostile_kinds`)
+    row: dict  # column -> value exactly as inserted (bytes for String columns), `ingested_at` aside
+
+
+def _hostile_kinds(exchange: str) -> list[tuple[str, dict]]:
+    """(kind, what differs from a good message): `symbol`, `price` and `qty` as sent, `trade_us` (the trade
+    time), `time` (Kraken's raw time text) or any column by name; `same_trade`: the trade id and time of `valid`."""
+    binance = exchange == BINANCE.exchange
+    price = b"67050.61000000" if binance else b"67050.60000"
+    return [
+        ("valid", {}),  # a good trade: silver keeps it (and the duplicates below are of it)
+        ("exact_replay", {"same_trade": True}),  # the same trade again under a new offset: a replay
+        ("conflicting_duplicate", {"same_trade": True, "price": price.replace(b"67050", b"67150")}),
+        ("price_empty", {"price": b""}),
+        ("price_nan", {"price": b"NaN" if binance else b"nan"}),
+        ("price_infinite", {"price": b"Infinity" if binance else b"inf"}),
+        ("price_negative", {"price": b"-" + price}),
+        ("price_zero", {"price": b"0.00000000" if binance else b"0.00000"}),
+        ("price_overflow", {"price": b"67050610000000" + price[5:]}),  # 14 integer digits: beyond decimal(18,8)
+        ("price_too_precise", {"price": b"67050.610000001"}),  # 9 decimals
+        ("price_line_break", {"price": price + b"\n"}),
+        ("quantity_empty", {"qty": b""}),
+        ("quantity_nan", {"qty": b"NaN" if binance else b"nan"}),
+        ("quantity_infinite", {"qty": b"Infinity" if binance else b"inf"}),
+        ("quantity_negative", {"qty": b"-0.00051000"}),
+        ("quantity_zero", {"qty": b"0.00000000"}),
+        ("quantity_overflow", {"qty": b"51000000000.00000000"}),  # 11 integer digits
+        ("quantity_too_precise", {"qty": b"0.000510001"}),
+        ("symbol_unknown", {"symbol": b"FOOUSDT" if binance else b"FOO/USD"}),
+        ("symbol_lowercase", {"symbol": b"btcusdt" if binance else b"xbt/usd"}),
+        ("symbol_invalid_utf8", {"symbol": b"BTC\xffUSDT" if binance else b"XBT/\xc3\x28USD"}),
+        ("symbol_control_chars", {"symbol": (b"BTC\x00USDT" if binance else b"XBT/\x00USD") + b"\x1b[2J\r\n\x7f"}),
+        ("symbol_sql", {"symbol": b"BTCUSDT'; DROP TABLE k2.bronze_trades_binance; --" if binance
+                        else b"XBT/USD\"); DELETE FROM silver.trades WHERE (\"1\"=\"1"}),
+        ("trade_time_1970", {"trade_us": 1_000_000}),  # 1970-01-01 00:00:01
+        ("trade_time_far_future", {"trade_us": 253_402_300_799_999_000}),  # 9999-12-31 23:59:59.999
+        # 1 MiB in one field: Binance's symbol, Kraken's free-text misc (the trade itself is good)
+        ("oversized", {"symbol": b"BTCUSDT" + b"X" * (MIB - 7)} if binance else {"misc": b"x" * MIB}),
+        *([("event_type_invalid", {"event_type": b"aggTrade"})] if binance else [
+            ("side_invalid", {"side": b"x"}),
+            ("time_garbage", {"time": b"garbage"}),
+            ("time_empty", {"time": b""}),
+            ("time_scientific", {"time": b"17e8.000000"}),
+        ]),
+    ]
+
+
+def hostile_kinds(exchange: str) -> tuple[str, ...]:
+    """The hostile classes `hostile_messages` emits for `exchange`, in feed order."""
+    return tuple(kind for kind, _ in _hostile_kinds(exchange))
+
+
+def _plausible(trade_us: np.ndarray, record_ms: np.ndarray) -> np.ndarray:
+    """The trade time can date the message (contracts.TRADE_TIME_MAX_LATE_US / _AHEAD_US)."""
+    record_us = record_ms.astype(np.int64) * 1000
+    return (trade_us >= record_us - TRADE_TIME_MAX_LATE_US) & (trade_us <= record_us + TRADE_TIME_MAX_AHEAD_US)
+
+
+def hostile_messages(
+    exchange: str, day: dt.date, *, salt: int = 0, next_offsets: dict[int, int] | None = None,
+) -> list[HostileMessage]:
+    """One message per hostile class (`hostile_kinds(exchange)`), in the exchange's own shape, produced a
+    second apart from noon of `day`, at the feed positions that follow `next_offsets`. Deterministic."""
+    spec = SPECS[exchange]
+    offsets = dict(next_offsets or {})
+    day_us = (day - dt.date(1970, 1, 1)).days * DAY_US
+    messages = []
+    first_trade_us = None
+    for i, (kind, change) in enumerate(_hostile_kinds(exchange)):
+        arrival_us = day_us + DAY_US // 2 + i * 1_000_000
+        trade_us = arrival_us - 500_000
+        trade_id = trade_us * SALTS + salt
+        if change.get("same_trade"):
+            trade_us, trade_id = first_trade_us, first_trade_us * SALTS + salt
+        first_trade_us = first_trade_us or trade_us
+        trade_us = change.get("trade_us", trade_us)
+        symbol = change.get("symbol", spec.markets[0].symbol.encode())
+        price = change.get("price", b"67050.61000000" if spec.table is BINANCE else b"67050.60000")
+        qty = change.get("qty", b"0.00051000")
+        record_ms = arrival_us // 1000
+        readable = True
+        if spec.table is BINANCE:
+            row = {
+                "event_type": b"trade", "event_time": trade_us // 1000 + 1, "symbol": symbol, "trade_id": trade_id,
+                "price": price, "quantity": qty, "trade_time": trade_us // 1000, "is_buyer_maker": 1, "is_best_match": 1,
+            }
+        else:
+            time_text = change.get("time", f"{trade_us // 1_000_000}.{trade_us % 1_000_000:06d}".encode())
+            readable = "time" not in change
+            row = {
+                "channel_id": _KRAKEN_CHANNEL_BASE, "pair": symbol, "price": price, "volume": qty, "time": time_text,
+                "side": b"s", "order_type": b"l", "misc": b"", "trade_id": trade_id,
+            }
+        row.update({k: v for k, v in change.items() if k in row})  # event_type, side, time, misc
+        readable = readable and bool(_plausible(np.array([trade_us]), np.array([record_ms]))[0])
+        dated_us = trade_us if readable else record_ms * 1000
+        partition = kafka_partition(symbol)
+        offset = offsets.get(partition, 0)
+        offsets[partition] = offset + 1
+        row.update({
+            "trade_date": dt.date(1970, 1, 1) + dt.timedelta(days=dated_us // DAY_US),
+            "kafka_partition": partition, "kafka_offset": offset, "kafka_timestamp": record_ms,
+        })
+        messages.append(HostileMessage(kind, row))
+    return messages
+
+
+def _hostile_block(table: HotTable, messages: list[HostileMessage], ingest_s: int) -> _Block:
+    columns = {}
+    for c in table.columns:
+        if c.name == "ingested_at":
+            columns[c.name] = np.full(len(messages), ingest_s, dtype=np.uint32)
+        elif pa.types.is_string(c.type):  # bytes as they are: NULs, invalid UTF-8 and all
+            columns[c.name] = np.array([m.row[c.name] for m in messages], dtype=object)
+        elif c.name == "trade_date":
+            columns[c.name] = np.array([m.row[c.name] for m in messages], dtype="datetime64[D]")
+        else:
+            columns[c.name] = np.array([m.row[c.name] for m in messages], dtype=np.uint64)
+    columns["kafka_partition"] = columns["kafka_partition"].astype(np.uint32)
+    partition = columns["kafka_partition"].astype(np.int64)
+    kinds = [m.kind for m in messages]
+    bad = sum(k not in ("valid", "exact_replay") for k in kinds)
+    return _Block(columns, partition, np.ones(len(messages), dtype=bool), 0, kinds.count("exact_replay"), bad, 0)
+
+
+def hostile(settings: Settings, day: dt.date, *, seed: int = 0) -> tuple[FeedReport, dict[str, list[HostileMessage]]]:
+    """Write one message of every hostile class per exchange (`hostile_messages`) into the hot tier, after
+    its current offsets, with trade ids of their own salt; returns the report and the messages written."""
+    started = time.perf_counter()
+    written: dict[str, list[HostileMessage]] = {}
+    tallies = []
+    with hot_tier.hot_tier_errors(settings):
+        client = hot_tier.connect(settings, write=True)
+        try:
+            for spec in SPECS.values():
+                next_offsets, used = _hot_state(client, spec.table)
+                salt = _pick_salt(seed, "hostile", day, spec, used)
+                messages = hostile_messages(spec.name, day, salt=salt, next_offsets=next_offsets)
+                block = _hostile_block(spec.table, messages, _now_s())
+                _insert(client, spec.table, block)
+                tally = _Tally(spec.name, salt)
+                tally.add(block)
+                tallies.append(tally)
+                written[spec.name] = messages
+        finally:
+            client.disconnect()
+    report = FeedReport(mode="hostile", seed=seed, exchanges=tuple(t.counts() for t in tallies),
+                        seconds=time.perf_counter() - started)
+    return report, written

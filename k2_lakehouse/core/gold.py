@@ -57,7 +57,7 @@ def verify_day(cat: Catalog, day: dt.date) -> dict[str, list[CheckOutcome]]:
         checks = audit(refs, eng, _audit)
     expected = _version(silver, day)
     return {
-        name: [*outcomes, current_outcome(expected, iceberg.partition_summary(refs[name].table, day).get("k2.data-version", "never built"))]
+        name: [*outcomes, current_outcome(expected, iceberg.day_data_version(refs[name].table, day) or "never built")]
         for name, outcomes in checks.items()
     }
 
@@ -68,13 +68,13 @@ def _gold_tables(cat: Catalog) -> dict[str, Table]:
 
 def _version(silver: Table, day: dt.date) -> str:
     """Gold's data version for `day`: a function of the silver day's version."""
-    return data_version({SILVER_TRADES.qualified_name: iceberg.partition_summary(silver, day).get("k2.data-version", "")})
+    return data_version({SILVER_TRADES.qualified_name: iceberg.day_data_version(silver, day) or ""})
 
 
 def is_current(cat: Catalog, day: dt.date) -> bool:
     """Every gold table of `day` was built from the silver day as it is now."""
     version = _version(iceberg.ensure_table(cat, SILVER_TRADES, branches=True), day)
-    return all(iceberg.partition_summary(t, day).get("k2.data-version") == version for t in _gold_tables(cat).values())
+    return all(iceberg.day_data_version(t, day) == version for t in _gold_tables(cat).values())
 
 
 def compute_bars(engine: Engine) -> dict[str, pa.Table]:

@@ -17,7 +17,9 @@ import sqlalchemy.exc
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.manifest import DataFile
-from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, TableAlreadyExistsError
+from pyiceberg.exceptions import (
+    CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError,
+)
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
 from pyiceberg.io import (
     PY_IO_IMPL, S3_ACCESS_KEY_ID, S3_ENDPOINT, S3_FORCE_VIRTUAL_ADDRESSING, S3_REGION, S3_SECRET_ACCESS_KEY,
@@ -34,11 +36,19 @@ WATERMARK_PREFIX = "k2.watermark."
 # duplicates rows, for a publish it could move `main` over another writer's. Every K2 table turns it off
 # and retries itself: bronze knowing the watermark (DESIGN §5.3), silver and gold by re-staging.
 NO_RETRY = {"commit.retry.num-retries": "0"}
+# Every commit rewrites the metadata file with one more entry in its logs (about 1.1 KB each): keep the
+# last few metadata files only (snapshot expiry, core/maintenance.py, trims the snapshots themselves).
+METADATA_CLEANUP = {
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+}
+MANAGED_PROPERTIES = {**NO_RETRY, **METADATA_CLEANUP}  # brought up to date on tables made by older versions
 TABLE_PROPERTIES = {
-    **NO_RETRY,
+    **MANAGED_PROPERTIES,
     "write.parquet.compression-codec": "zstd",
     "format-version": "2",
 }
+DATA_VERSION_PREFIX = "k2.data-version."
 
 
 def catalog(settings: Settings) -> Catalog:
@@ -79,13 +89,31 @@ def ensure_table(cat: Catalog, contract: TableContract, *, branches: bool = Fals
     `branches`: the table is written through audit branches (write-audit-publish); a branch needs a parent
     snapshot, so a new table gets an empty first snapshot.
     """
+    try:  # load first: a create that finds the table has already written a metadata file nobody references
+        table = cat.load_table(contract.identifier)
+    except NoSuchTableError:
+        table = _create_table(cat, contract)
+    if any(table.properties.get(k) != v for k, v in MANAGED_PROPERTIES.items()):
+        with table.transaction() as tx:  # a table made by an older version: commits fail loudly, old metadata goes
+            tx.set_properties(MANAGED_PROPERTIES)
+        table = cat.load_table(contract.identifier)
+    if branches and table.current_snapshot() is None:
+        try:
+            table.append(contract.arrow_schema.empty_table(), snapshot_properties={"k2.operation": "create"})
+        except CommitFailedException:  # another process made the first snapshot
+            pass
+        table = cat.load_table(contract.identifier)
+    return table
+
+
+def _create_table(cat: Catalog, contract: TableContract) -> Table:
     try:
         cat.create_namespace(contract.namespace)
     except (NamespaceAlreadyExistsError, sqlalchemy.exc.IntegrityError):  # the latter: another process won the race
         pass
     schema = contract.iceberg_schema
     try:
-        table = cat.create_table(
+        return cat.create_table(
             contract.identifier,
             schema=schema,
             partition_spec=contract.partition_spec,
@@ -96,19 +124,8 @@ def ensure_table(cat: Catalog, contract: TableContract, *, branches: bool = Fals
                 "schema.name-mapping.default": schema.name_mapping.model_dump_json(),
             },
         )
-    except (TableAlreadyExistsError, sqlalchemy.exc.IntegrityError):
-        table = cat.load_table(contract.identifier)
-    if table.properties.get("commit.retry.num-retries") != "0":
-        with table.transaction() as tx:  # a table made by an older version: make commits fail loudly
-            tx.set_properties(NO_RETRY)
-        table = cat.load_table(contract.identifier)
-    if branches and table.current_snapshot() is None:
-        try:
-            table.append(contract.arrow_schema.empty_table(), snapshot_properties={"k2.operation": "create"})
-        except CommitFailedException:  # another process made the first snapshot
-            pass
-        table = cat.load_table(contract.identifier)
-    return table
+    except (TableAlreadyExistsError, sqlalchemy.exc.IntegrityError):  # another process created it first
+        return cat.load_table(contract.identifier)
 
 
 def bronze_table(cat: Catalog, hot: HotTable) -> Table:
@@ -130,6 +147,40 @@ def encode_watermark(wm: Watermark) -> str:
 
 def decode_watermark(raw: str) -> Watermark:
     return {int(p): int(o) for p, o in json.loads(raw).items()}
+
+
+RETIRED_PREFIX = "k2.retired."
+
+
+@dataclass(frozen=True)
+class Retired:
+    """What hot-tier retention removed from ClickHouse for one bronze day (DESIGN §5.6, core/retention.py):
+    the feed positions at or below `watermark`, `positions` of them, summed into `checksum` as reconcile.py
+    sums them. Checks take those positions from here, not from a hot tier that no longer has them."""
+
+    watermark: Watermark
+    positions: int
+    checksum: int
+
+
+def retired_key(day: dt.date) -> str:
+    return f"{RETIRED_PREFIX}{day.isoformat()}"
+
+
+def read_retired(table: Table, day: dt.date) -> Retired | None:
+    raw = table.properties.get(retired_key(day))
+    if not raw:
+        return None
+    record = json.loads(raw)
+    return Retired({int(p): int(o) for p, o in record["watermark"].items()}, int(record["positions"]), int(record["checksum"]))
+
+
+def encode_retired(record: Retired) -> str:
+    return json.dumps(
+        {"watermark": {str(p): o for p, o in sorted(record.watermark.items())}, "positions": record.positions,
+         "checksum": record.checksum},
+        separators=(",", ":"),
+    )
 
 
 def watermarked_days(table: Table) -> list[dt.date]:
@@ -227,6 +278,17 @@ def partition_summary(table: Table, day: dt.date, snapshot_id: int | None = None
             return dict(summary)
         snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
     return {}
+
+
+def data_version_key(day: dt.date) -> str:
+    return f"{DATA_VERSION_PREFIX}{day.isoformat()}"
+
+
+def day_data_version(table: Table, day: dt.date) -> str | None:
+    """The data version `main` holds for day `day` of a silver or gold table: recorded in the table's
+    properties by the commit that published it, so it outlives the snapshot (snapshots expire). Tables
+    published before that record existed fall back to the snapshot summaries."""
+    return table.properties.get(data_version_key(day)) or partition_summary(table, day).get("k2.data-version")
 
 
 def snapshot_id(table: Table) -> int | None:

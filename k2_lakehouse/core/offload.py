@@ -3,11 +3,15 @@
 1. Read the watermark W (from the Iceberg table's properties) and the hot tier's high offsets H.
 2. Stream the rows with W < offset <= H of that day, in bounded offset slices, redeliveries removed by
    the server, into Parquet files (a reader thread overlaps ClickHouse with sorting and writing).
-3. Commit the files and the new watermark in one Iceberg transaction: a compare-and-swap on the
-   table's current snapshot. A lost race reloads the table: if W is unchanged the same files are
-   committed again after a short back-off; if another writer moved W, our files are dropped and the
-   copy starts over. Every commit attempt, first or repeated, spends one budget of MAX_ATTEMPTS; when
-   it runs out our files are deleted and OffloadConflict is raised, nothing committed.
+   Before any row is read, the hot table's columns are compared with the contract and the bronze
+   schema (`drift.hot_shape`): a removed, renamed or retyped column stops the run (SchemaDrift); an
+   added one is copied too.
+3. Commit the files and the new watermark (and the schema evolution of added columns, if any) in one
+   Iceberg transaction: a compare-and-swap on the table's current snapshot. A lost race reloads the
+   table: if W is unchanged the same files are committed again after a short back-off; if another
+   writer moved W, our files are dropped and the copy starts over. Every commit attempt, first or
+   repeated, spends one budget of MAX_ATTEMPTS; when it runs out our files are deleted and
+   OffloadConflict is raised, nothing committed.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
-from k2_lakehouse.core import hot_tier, iceberg
+from k2_lakehouse.core import drift, hot_tier, iceberg
 from k2_lakehouse.core.contracts import HotTable
-from k2_lakehouse.core.errors import OffloadConflict
+from k2_lakehouse.core.errors import OffloadConflict, SchemaDrift
 from k2_lakehouse.core.failpoints import failpoint
 from k2_lakehouse.core.hot_tier import OffsetRange, Watermark
 from k2_lakehouse.core.iceberg import WrittenFiles
@@ -62,6 +66,7 @@ class OffloadResult:
     attempts: int  # commit attempts made, recommits included: 0 when nothing was missing
     summary: dict[str, str] = field(default_factory=dict)
     paths: tuple[str, ...] = ()  # the data files this run committed: what an incremental check reads
+    columns_added: tuple[str, ...] = ()  # columns this run's commit added to the bronze schema (schema drift)
 
     @property
     def rows_per_s(self) -> float:
@@ -92,6 +97,8 @@ def offload_day(
     while True:
         before = iceberg.read_watermark(table, day)
         high = hot_tier.high_offsets(client, hot, day)
+        # Read after the high offsets: every row up to them was inserted before, under these columns.
+        shape = drift.hot_shape(hot, hot_tier.table_columns(client, hot), table.schema(), _database(client))
         ranges = hot_tier.missing_ranges(before, high)
         if not ranges:
             return OffloadResult(
@@ -99,7 +106,7 @@ def offload_day(
                 time.perf_counter() - started, attempts,
             )
         after = {**before, **{r.partition: r.hi for r in ranges}}
-        written = (write or _write_files)(table, client, hot, day, ranges, batch_rows)
+        written = (write or _write_files)(table, client, shape, day, ranges, batch_rows)
         summary = {
             "k2.writer-id": writer_id,
             "k2.dagster-run-id": run_id,
@@ -110,7 +117,10 @@ def offload_day(
         while True:  # commit; on a lost race keep our files only while nobody moved our watermark
             attempts += 1
             try:
-                snapshot_id = _commit(table, day, written, after, summary)
+                snapshot_id, added = _commit(table, day, written, after, summary, shape)
+            except SchemaDrift:  # raised before the transaction committed: our files are nobody's
+                written.delete(table)
+                raise
             except CommitFailedException as exc:  # any other error leaves the commit's fate unknown: keep the files
                 if attempts >= MAX_ATTEMPTS:  # the swap surely failed: our files are nobody's
                     written.delete(table)
@@ -127,10 +137,13 @@ def offload_day(
                 written.delete(table)
                 break
             failpoint("after_iceberg_commit")
+            if added:
+                log.warning("%s gained column(s) %s: added to %s as optional columns (earlier rows read as null)",
+                            hot.name, ", ".join(added), ".".join(hot.bronze_identifier))
             return OffloadResult(
                 ".".join(hot.bronze_identifier), day, written.rows, before, after, snapshot_id,
                 len(written.paths), written.bytes, time.perf_counter() - started, attempts, summary,
-                tuple(written.paths),
+                tuple(written.paths), added,
             )
         _back_off(attempts, 0.05, 0.3)  # concurrent writers of this day: back off, then re-read W
 
@@ -149,11 +162,22 @@ def _back_off(attempts: int, low_s: float, high_s: float) -> None:
     time.sleep(random.uniform(low_s, high_s) * attempts)
 
 
-def _commit(table: Table, day: dt.date, written: WrittenFiles, after: Watermark, summary: dict[str, str]) -> int:
+def _database(client: clickhouse_driver.Client) -> str:
+    connection = getattr(client, "connection", None)
+    return getattr(connection, "database", "") or ""
+
+
+def _commit(
+    table: Table, day: dt.date, written: WrittenFiles, after: Watermark, summary: dict[str, str], shape: HotTable,
+) -> tuple[int, tuple[str, ...]]:
+    """One transaction: the columns the hot table gained (if the schema lacks them), the files, the watermark.
+    Evolving first lets add_files check the new files against the evolved schema; a racing writer that
+    evolved first makes this commit fail and, reloaded, find the columns there."""
     with table.transaction() as tx:
+        added = drift.evolve(tx, shape)
         tx.add_files(written.paths, snapshot_properties=summary, check_duplicate_files=False)
         tx.set_properties({iceberg.watermark_key(day): iceberg.encode_watermark(after)})
-    return table.current_snapshot().snapshot_id
+    return table.current_snapshot().snapshot_id, added
 
 
 def sort_chunk(hot: HotTable, chunk: pa.Table) -> pa.Table:

@@ -148,9 +148,12 @@ def publish(staged: Staged) -> tuple[int, int]:
         failpoint("before_publish")
         if iceberg.snapshot_id(table) == staged.base_snapshot_id:
             try:
-                with table.manage_snapshots() as ms:  # asserts main is still the fork point
-                    ms.set_current_snapshot(snapshot_id=staged.snapshot_id)
-                    ms.remove_branch(staged.branch)
+                with table.transaction() as tx:
+                    with ManageSnapshots(tx) as ms:  # asserts main is still the fork point
+                        ms.set_current_snapshot(snapshot_id=staged.snapshot_id)
+                        ms.remove_branch(staged.branch)
+                    # The day's data version, in the same commit: it outlives the snapshot (maintenance expires it).
+                    tx.set_properties({iceberg.data_version_key(staged.day): staged.summary["k2.data-version"]})
                 return staged.snapshot_id, attempt
             except CommitFailedException:
                 pass

@@ -3,6 +3,10 @@
 A set of feed positions is summarised by its size and a checksum (the wrapping sum of
 `partition << 40 | offset`), computed the same way by ClickHouse and by Arrow, so equal counts with
 different members still disagree.
+
+A day retention removed from the hot tier (core/retention.py) carries a retirement record in the bronze
+table: the positions at or below the record's watermark are taken from the record (whether or not the hot
+tier still holds them), the ones above it from the hot tier.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pyiceberg.table import Table
 
 from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.contracts import HotTable
-from k2_lakehouse.core.hot_tier import Watermark
+from k2_lakehouse.core.hot_tier import CONSISTENT_READ, Watermark
 
 
 @dataclass(frozen=True)
@@ -49,15 +53,16 @@ class Reconciliation:
 
     table: str
     day: dt.date
-    expected: int  # distinct hot positions up to the watermark
+    expected: int  # distinct hot positions up to the watermark (retired ones from the retirement record)
     actual: int  # rows in bronze
     distinct: int  # distinct positions in bronze
     duplicates: int
     missing: int  # expected - distinct (negative: bronze holds positions the hot tier lacks)
     checksum_match: bool
     not_yet_offloaded: int  # distinct hot positions above the watermark (lag, not an error for a check)
-    hot_rows: int  # every hot row of the day, redelivered copies included
+    hot_rows: int  # every hot row of the day still in ClickHouse, redelivered copies included
     incremental: bool = False  # only the rows one offload added were read; the rest was reconciled before
+    retired: int = 0  # positions of `expected` taken from the retirement record: no longer in the hot tier
 
     @property
     def scope(self) -> str:
@@ -65,6 +70,7 @@ class Reconciliation:
 
     @property
     def hot_positions(self) -> int:
+        """Distinct positions the hot tier holds or, retired, held: retired + live ones."""
         return self.expected + self.not_yet_offloaded
 
     @property
@@ -111,8 +117,13 @@ def reconcile_increment(
     Sound on a day reconciled up to `verified.watermark` by an earlier passing check, whose partition
     held `verified.rows` then: the day is exact now iff the new files hold exactly the distinct hot
     positions above that watermark up to `after`, none twice and none outside, and nothing else was added
-    (`rows`: the partition's rows now, from the manifests).
+    (`rows`: the partition's rows now, from the manifests). Retention deletes hot rows at or below its record's
+    watermark only: when the verified watermark lies below that, the hot tier lacks the rows to compare, and
+    the whole partition is reconciled against the record instead.
     """
+    retired = iceberg.read_retired(table, day)
+    if retired is not None and not covers(verified.watermark, retired.watermark):
+        return reconcile(table, client, hot, day, after)
     keys = _sorted_keys(iceberg.read_files(table, list(paths), POSITION))
     added = _positions(keys)
     outside = _outside(keys, verified.watermark, after)
@@ -130,6 +141,7 @@ def reconcile_increment(
         not_yet_offloaded=hot_above,
         hot_rows=hot_rows,
         incremental=True,
+        retired=retired.positions if retired else 0,
     )
 
 
@@ -149,7 +161,7 @@ def hot_range_positions(
         f" SELECT kafka_partition, kafka_offset, count() AS n, ({at_or_below_hi}) AS upto FROM {hot.name}"
         f" WHERE trade_date = %(day)s AND NOT ({at_or_below_lo}) GROUP BY kafka_partition, kafka_offset)",
         {"day": day, **lo_params, **hi_params},
-        settings={"use_numpy": False},
+        settings={"use_numpy": False, **CONSISTENT_READ},
     )
     (hot_rows,), = client.execute(
         f"SELECT count() FROM {hot.name} WHERE trade_date = %(day)s", {"day": day}, settings={"use_numpy": False}
@@ -161,7 +173,8 @@ def reconcile(
     table: Table, client: clickhouse_driver.Client, hot: HotTable, day: dt.date, watermark: Watermark
 ) -> Reconciliation:
     bronze = bronze_positions(table, hot, day)
-    expected, above, hot_rows = hot_range_positions(client, hot, day, {}, watermark)
+    retired = iceberg.read_retired(table, day)
+    expected, above, hot_rows = expected_positions(client, hot, day, watermark, retired)
     return Reconciliation(
         table=".".join(hot.bronze_identifier),
         day=day,
@@ -173,7 +186,30 @@ def reconcile(
         checksum_match=expected.checksum == bronze.checksum,
         not_yet_offloaded=above,
         hot_rows=hot_rows,
+        retired=retired.positions if retired else 0,
     )
+
+
+def expected_positions(
+    client: clickhouse_driver.Client, hot: HotTable, day: dt.date, watermark: Watermark, retired: iceberg.Retired | None
+) -> tuple[Positions, int, int]:
+    """What bronze must hold of `day` at `watermark`, as `hot_range_positions` returns it: on a retired day,
+    the record's positions plus the hot tier's above the record's watermark (a retirement killed before its
+    delete left those rows in ClickHouse: they count once, from the record)."""
+    if retired is None:
+        return hot_range_positions(client, hot, day, {}, watermark)
+    live, above, hot_rows = hot_range_positions(client, hot, day, retired.watermark, watermark)
+    return add_positions(Positions(retired.positions, retired.positions, retired.checksum), live), above, hot_rows
+
+
+def add_positions(a: Positions, b: Positions) -> Positions:
+    """Two disjoint sets of positions as one."""
+    return Positions(a.rows + b.rows, a.distinct + b.distinct, (a.checksum + b.checksum) % 2**64)  # ClickHouse's UInt64 wraps
+
+
+def covers(wm: Watermark, other: Watermark) -> bool:
+    """`wm` is at or above `other` in every feed partition `other` names."""
+    return all(wm.get(p, -1) >= o for p, o in other.items())
 
 
 def _at_or_below(wm: Watermark, name: str = "w") -> tuple[str, dict]:

@@ -2,14 +2,24 @@
 and, for an s3:// warehouse, a local S3-compatible server (`juicefs gateway`, see `start_s3_gateway`).
 
 `up` installs what is missing (Debian packages, as root), starts both servers with data under
-`settings.home`, creates the databases and hot tables, and is idempotent. `down` stops exactly the
+`settings.home`, creates the users, roles, databases and hot tables, and is idempotent.
+
+Least privilege: ClickHouse has a read-only user (K2_CLICKHOUSE_URL: readonly=2, the hot database only) and a
+writer (K2_CLICKHOUSE_WRITER_URL); PostgreSQL has one role per database (K2_POSTGRES_URL's for Dagster storage,
+K2_ICEBERG_CATALOG_URI's for the catalog), each owner of its database only, neither superuser nor able to create
+databases or roles, and CONNECT is revoked from PUBLIC. Passwords come from those URLs only (none: loopback
+trust, for a dev machine); ClickHouse stores SHA-256 hashes, PostgreSQL SCRAM verifiers computed here, so no
+password reaches a file, a command line, a log or an SQL text. The `postgres` superuser is reachable through
+the cluster's Unix socket only (mode 0700), for `up` itself. `down` stops exactly the
 processes `up` started (checked by pid and command line), never anything else on the machine.
 Pure core: no Dagster imports.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import hashlib
 import os
 import shlex
 import shutil
@@ -29,7 +39,7 @@ from xml.sax.saxutils import escape
 from k2_lakehouse.core import hot_tier, objectstore
 from k2_lakehouse.core.contracts import validate_identifier
 from k2_lakehouse.core.errors import ConfigError, ServiceError
-from k2_lakehouse.core.settings import Settings
+from k2_lakehouse.core.settings import Settings, has_password
 
 Log = Callable[[str], None]
 
@@ -94,9 +104,11 @@ class _Paths:
 # ----------------------------------------------------------------------------------------- public API
 
 
-def up(settings: Settings, *, s3: bool = False, log: Log = print) -> None:
-    """Install (if needed) and start ClickHouse and PostgreSQL, create databases and hot tables; with `s3`,
-    also the local S3 server of an s3:// warehouse (`local_s3_port`) and its bucket."""
+def up(settings: Settings, *, s3: bool = False, log: Log = print, any_hot_database: bool = False) -> None:
+    """Install (if needed) and start ClickHouse and PostgreSQL, create users, roles, databases and hot tables;
+    with `s3`, also the local S3 server of an s3:// warehouse (`local_s3_port`) and its bucket.
+    `any_hot_database`: the ClickHouse reader may read every database, not only the hot one (test sessions,
+    whose lakes each have their own hot database; it stays read-only)."""
     paths = _Paths.of(settings)
     s3_port = local_s3_port(settings) if s3 else None
     _check_distinct_ports(settings, *([s3_port] if s3_port else []))
@@ -113,16 +125,23 @@ def up(settings: Settings, *, s3: bool = False, log: Log = print) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.home.chmod(0o755)  # the postgres user must traverse it when we run as root
 
+    if ch_pid is not None and _ANY_DATABASE_MARK in _read_text(paths.ch_users):
+        any_hot_database = True  # started for a test session: a later `up` (say `k2 live` on one lake) keeps it so
+    users = _clickhouse_users(settings, any_database=any_hot_database)  # checks the user names, before any start
+    _local_roles(settings)  # checks the PostgreSQL role and database names, before any start
     if ch_pid is None:
-        _start_clickhouse(settings, paths, log)
+        _start_clickhouse(settings, paths, log, users)
     else:
         log(f"clickhouse: already running (pid {ch_pid}, 127.0.0.1:{settings.clickhouse.port})")
+        _update_clickhouse_users(settings, paths, users, log)
     _create_hot_tables(settings, paths)
 
     if pg_pid is None:
         _start_postgres(settings, paths, log)
     else:
         log(f"postgres: already running (pid {pg_pid}, 127.0.0.1:{settings.postgres_port})")
+        _write_pg_hba(settings, paths)
+        _pg_reload(settings, paths)
     _create_databases(settings, log)
 
     _prepare_dagster_home(settings, log)
@@ -166,8 +185,14 @@ def format_status(statuses: list[ServiceStatus]) -> str:
 
 
 def env_lines(settings: Settings) -> list[str]:
-    """Shell lines to `eval` so other tools see the same settings."""
-    return [f"export {name}={shlex.quote(value)}" for name, value in settings.exports().items()]
+    """Shell lines to `eval` so other tools see the same settings. A URL that carries a password is not
+    printed: it stays in the environment it came from (like the S3 credentials), so `eval` keeps it."""
+    return [
+        f"# {name} carries a password: not printed (keep it in your environment)"
+        if has_password(value)
+        else f"export {name}={shlex.quote(value)}"
+        for name, value in settings.exports().items()
+    ]
 
 
 # ----------------------------------------------------------------------------------------- packages
@@ -239,10 +264,43 @@ def _clickhouse_config(settings: Settings, paths: _Paths) -> str:
 """
 
 
-def _clickhouse_users(settings: Settings) -> str:
-    password = escape(settings.clickhouse.password)
+# k2 bench's own hot database (bench.BENCH_DB): the reader may read it beside the settings' hot database.
+BENCH_HOT_DATABASE = "k2_bench"
+_ANY_DATABASE_MARK = "<!-- reader: any database (up(any_hot_database=True)) -->"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _clickhouse_users(settings: Settings, *, any_database: bool = False) -> str:
+    """users.xml: the reader (readonly=2: reads and per-query settings such as max_block_size, which the
+    offload sends and readonly=1 refuses; no INSERT, ALTER, DROP, CREATE, SET readonly, SYSTEM) restricted to
+    the hot database, and the writer. No `default` user unless a URL names it. Passwords as SHA-256 hashes."""
+    reader, writer = settings.clickhouse, settings.clickhouse_writer
+    for user in (reader.user, writer.user):
+        validate_identifier(user)
+    if reader.user == writer.user:
+        raise ConfigError(
+            f"K2_CLICKHOUSE_URL and K2_CLICKHOUSE_WRITER_URL name the same user {reader.user!r}: the reader must be "
+            "a read-only user of its own"
+        )
+    databases = _ANY_DATABASE_MARK if any_database else "<allow_databases>" + "".join(
+        f"<database>{name}</database>" for name in dict.fromkeys([reader.database, BENCH_HOT_DATABASE])
+    ) + "</allow_databases>"
+
+    def user(name: str, password: str, profile: str, extra: str = "") -> str:
+        secret = f"<password_sha256_hex>{hashlib.sha256(password.encode()).hexdigest()}</password_sha256_hex>" if password \
+            else "<password></password>"
+        return (f"        <{name}>\n            {secret}\n            <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>\n"
+                f"            <profile>{profile}</profile>\n            <quota>default</quota>{extra}\n        </{name}>\n")
+
     # LowCardinality is experimental in 18.16 and can only be enabled server-side, in the profile.
     return f"""<?xml version="1.0"?>
+<!-- Written by `k2 services up` from K2_CLICKHOUSE_URL (reader) and K2_CLICKHOUSE_WRITER_URL (writer). -->
 <yandex>
     <profiles>
         <default>
@@ -251,18 +309,16 @@ def _clickhouse_users(settings: Settings) -> str:
             <load_balancing>random</load_balancing>
             <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>
         </default>
+        <k2_reader>
+            <readonly>2</readonly>
+            <max_memory_usage>10000000000</max_memory_usage>
+            <use_uncompressed_cache>0</use_uncompressed_cache>
+            <load_balancing>random</load_balancing>
+            <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>
+        </k2_reader>
     </profiles>
     <users>
-        <default>
-            <password>{password}</password>
-            <networks>
-                <ip>::1</ip>
-                <ip>127.0.0.1</ip>
-            </networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
+{user(reader.user, reader.password, "k2_reader", databases)}{user(writer.user, writer.password, "default")}    </users>
     <quotas>
         <default>
             <interval>
@@ -279,6 +335,32 @@ def _clickhouse_users(settings: Settings) -> str:
 """
 
 
+def _update_clickhouse_users(settings: Settings, paths: _Paths, users: str, log: Log) -> None:
+    """A running server re-reads users.xml by itself (every ~2 s): rewrite it if it changed, and wait until the
+    writer is let in."""
+    if paths.ch_users.exists() and paths.ch_users.read_text() == users:
+        return
+    _write_private(paths.ch_users, users)
+    log("clickhouse: users updated")
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while True:
+        try:
+            _clickhouse_query(settings, "SELECT 1", write=True)
+            _clickhouse_query(settings, "SELECT 1")
+            return
+        except Exception as exc:  # noqa: BLE001 - not reloaded yet
+            if time.monotonic() > deadline:
+                raise ServiceError(f"clickhouse did not take the new users.xml ({type(exc).__name__}: {exc})") from None
+            time.sleep(0.2)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner reads (it may hold password hashes)."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 def _clickhouse_pid(paths: _Paths) -> int | None:
     """Pid of our running ClickHouse, or None (a stale pid file is removed)."""
     pid = _read_pid(paths.ch_pidfile)
@@ -290,12 +372,11 @@ def _clickhouse_pid(paths: _Paths) -> int | None:
     return None
 
 
-def _start_clickhouse(settings: Settings, paths: _Paths, log: Log) -> None:
+def _start_clickhouse(settings: Settings, paths: _Paths, log: Log, users: str) -> None:
     for sub in ("data", "tmp", "user_files", "format_schemas"):
         (paths.ch_dir / sub).mkdir(parents=True, exist_ok=True)
     paths.ch_config.write_text(_clickhouse_config(settings, paths))
-    paths.ch_users.write_text(_clickhouse_users(settings))
-    paths.ch_users.chmod(0o600)  # it holds the password
+    _write_private(paths.ch_users, users)
     paths.ch_pidfile.parent.mkdir(parents=True, exist_ok=True)
     log(f"clickhouse: starting on 127.0.0.1:{settings.clickhouse.port} (http {settings.clickhouse_http_port})")
     # start_new_session = setsid: the server outlives this process and its terminal.
@@ -332,8 +413,8 @@ def _start_clickhouse(settings: Settings, paths: _Paths, log: Log) -> None:
     )
 
 
-def _clickhouse_query(settings: Settings, sql: str) -> list:
-    client = hot_tier.connect(settings, database="")
+def _clickhouse_query(settings: Settings, sql: str, *, write: bool = False) -> list:
+    client = hot_tier.connect(settings, database="", write=write)
     try:
         return client.execute(sql, settings={"use_numpy": False})
     finally:
@@ -341,7 +422,7 @@ def _clickhouse_query(settings: Settings, sql: str) -> list:
 
 
 def _create_hot_tables(settings: Settings, paths: _Paths) -> None:
-    client = hot_tier.connect(settings, database="")
+    client = hot_tier.connect(settings, database="", write=True)
     try:
         hot_tier.create_hot_tables(client, settings.clickhouse.database)
     except ConfigError:
@@ -446,7 +527,10 @@ def _start_postgres(settings: Settings, paths: _Paths, log: Log) -> None:
             [str(PG_BIN / "initdb"), "-D", str(paths.pg_data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
             "initdb",
         )
-    opts = f"-p {settings.postgres_port} -k {shlex.quote(str(paths.pg_sockets))} -c listen_addresses=127.0.0.1"
+    _write_pg_hba(settings, paths)
+    # The socket is the superuser's only way in (pg_hba.conf): only the server's own user (and root) may use it.
+    opts = (f"-p {settings.postgres_port} -k {shlex.quote(str(paths.pg_sockets))} -c listen_addresses=127.0.0.1 "
+            "-c unix_socket_permissions=0700")
     if os.environ.get("K2_PG_FSYNC", "").lower() == "off":
         opts += " -c fsync=off"  # tests only: a crash can corrupt the cluster
     log(f"postgres: starting on 127.0.0.1:{settings.postgres_port}")
@@ -485,28 +569,174 @@ def _db_name(url: str) -> str:
     return validate_identifier(unquote(urlsplit(url).path.lstrip("/")))
 
 
-def _create_databases(settings: Settings, log: Log) -> None:
+def _local_roles(settings: Settings) -> list[tuple[str, str, str]]:
+    """(database, role, password) of each K2 URL served by the local cluster (not those on other servers)."""
+    found = []
+    for url in (settings.postgres_url, settings.iceberg_catalog_uri):
+        parts = urlsplit(url)
+        if parts.port not in (None, settings.postgres_port) or parts.hostname not in (None, "127.0.0.1", "localhost"):
+            continue
+        found.append((_db_name(url), validate_identifier(unquote(parts.username or "postgres")), unquote(parts.password or "")))
+    return found
+
+
+def _write_pg_hba(settings: Settings, paths: _Paths) -> None:
+    """pg_hba.conf, rewritten by every `up`: the superuser over the Unix socket only; over TCP (127.0.0.1) only
+    K2's roles, with SCRAM when their URL carries a password, trust when it does not (a dev machine)."""
+    lines = [
+        "# Written by `k2 services up` (k2_lakehouse/core/services.py): edits are overwritten.",
+        "local all postgres trust",
+    ]
+    for role, password in dict((role, password) for _, role, password in _local_roles(settings)).items():
+        if role != "postgres":
+            lines.append(f"host all {role} 127.0.0.1/32 {'scram-sha-256' if password else 'trust'}")
+    hba = paths.pg_data / "pg_hba.conf"
+    if hba.exists() and hba.read_text() == "\n".join(lines) + "\n":
+        return
+    hba.write_text("\n".join(lines) + "\n")
+    hba.chmod(0o600)
+    if os.geteuid() == 0:
+        shutil.chown(hba, "postgres", "postgres")
+
+
+def _pg_reload(settings: Settings, paths: _Paths) -> None:
+    conn = admin_connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+
+
+def admin_connect(settings: Settings, dbname: str = "postgres"):
+    """An autocommit connection as the local cluster's superuser, through its Unix socket (the only way the
+    superuser is let in): for `up` itself, and for tests and the bench that create databases."""
     import psycopg2
+
+    try:
+        conn = psycopg2.connect(host=str(_Paths.of(settings).pg_sockets), port=settings.postgres_port, user="postgres",
+                                dbname=dbname, connect_timeout=5)
+    except psycopg2.Error as exc:
+        raise ServiceError(f"postgres: cannot connect as the superuser through {_Paths.of(settings).pg_sockets}: "
+                           f"{str(exc).strip()}") from None
+    conn.autocommit = True
+    return conn
+
+
+def create_database(settings: Settings, url: str, *, replace: bool = False, log: Log = lambda _: None) -> None:
+    """The database `url` names, owned by its role (created if missing), CONNECT revoked from PUBLIC. With
+    `replace`, an existing one is dropped first."""
+    _, role, password = next(r for r in _local_roles(dataclasses.replace(settings, postgres_url=url)) if r[0] == _db_name(url))
     from psycopg2 import sql
 
+    conn = admin_connect(settings)
+    try:
+        if replace:
+            with conn.cursor() as cur:
+                # FORCE: a killed process may have left a connection behind (PostgreSQL 13+).
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(_db_name(url))))
+        _ensure_role(conn, role, password, log)
+        _ensure_database(conn, settings, _db_name(url), role, log)
+    finally:
+        conn.close()
+
+
+def _create_databases(settings: Settings, log: Log) -> None:
+    """Each K2 role and its database, idempotently; an install made with the superuser's URLs is migrated
+    (its databases and every table in them change owner)."""
+    import psycopg2
+
     for url in (settings.postgres_url, settings.iceberg_catalog_uri):
-        name = _db_name(url)
         if urlsplit(url).port not in (None, settings.postgres_port):
-            log(f"postgres: database {name} is on another server ({urlsplit(url).netloc.split('@')[-1]}); not creating it")
-            continue
+            log(f"postgres: database {_db_name(url)} is on another server ({urlsplit(url).netloc.split('@')[-1]}); not creating it")
+    try:
+        conn = admin_connect(settings)
         try:
-            conn = _pg_connect(url, settings, dbname="postgres")
-            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-                    if cur.fetchone() is None:
-                        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                        log(f"postgres: created database {name}")
-            finally:
-                conn.close()
-        except psycopg2.Error as exc:
-            raise ServiceError(f"postgres: could not create database {name}: {str(exc).strip()}") from None
+            for database, role, password in _local_roles(settings):
+                if role == "postgres":
+                    log(f"postgres: the URL of database {database} names the superuser; set it to a role of its own "
+                        "(unset K2_POSTGRES_URL / K2_ICEBERG_CATALOG_URI for the defaults)")
+                else:
+                    _ensure_role(conn, role, password, log)
+                _ensure_database(conn, settings, database, role, log)
+            with conn.cursor() as cur:  # nor the cluster's own databases: each role reaches its database only
+                cur.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
+        finally:
+            conn.close()
+    except psycopg2.Error as exc:
+        raise ServiceError(f"postgres: could not create the roles and databases: {str(exc).strip()}") from None
+
+
+def _ensure_role(conn, role: str, password: str, log: Log) -> None:
+    """A login role with no other power; its password a SCRAM verifier computed here (the password itself never
+    reaches the server's SQL text or log), or none (trust on loopback)."""
+    from psycopg2 import sql
+    from psycopg2.extensions import encrypt_password
+
+    attributes = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+        exists = cur.fetchone() is not None
+        verb = "ALTER" if exists else "CREATE"
+        secret = encrypt_password(password, role, conn, "scram-sha-256") if password else None
+        cur.execute(sql.SQL(verb + " ROLE {} {} PASSWORD %s").format(sql.Identifier(role), attributes), (secret,))
+        if not exists:
+            log(f"postgres: created role {role}")
+
+
+def _ensure_database(conn, settings: Settings, database: str, owner: str, log: Log) -> None:
+    from psycopg2 import sql
+
+    name = sql.Identifier(database)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, sql.Identifier(owner)))
+            log(f"postgres: created database {database} (owner {owner})")
+        elif row[0] != owner:
+            cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(owner)))
+            log(f"postgres: database {database} now belongs to {owner}")
+        if owner != "postgres":
+            cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
+    if owner != "postgres":
+        _reassign_objects(settings, database, owner, log)
+
+
+_OWNED_KINDS = {"r": "TABLE", "p": "TABLE", "f": "FOREIGN TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE"}
+
+
+def _reassign_objects(settings: Settings, database: str, owner: str, log: Log) -> None:
+    """Every table, view and sequence of `database` (outside the system schemas) owned by `owner`: a database
+    made by the superuser (an install from before the K2 roles) is migrated. (REASSIGN OWNED BY postgres is
+    refused: the superuser owns the system objects.) Tables first: their sequences follow them."""
+    from psycopg2 import sql
+
+    conn = admin_connect(settings, database)
+    moved = 0
+    try:
+        with conn.cursor() as cur:
+            for kinds in (("r", "p", "f", "v", "m"), ("S",)):
+                cur.execute(
+                    "SELECT c.relkind, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.relkind = ANY(%s) AND pg_get_userbyid(c.relowner) <> %s "
+                    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%' "
+                    "ORDER BY c.relkind DESC, c.oid",
+                    (list(kinds), owner),
+                )
+                for kind, schema, relation in cur.fetchall():
+                    cur.execute(sql.SQL("ALTER " + _OWNED_KINDS[kind] + " {}.{} OWNER TO {}").format(
+                        sql.Identifier(schema), sql.Identifier(relation), sql.Identifier(owner)))
+                    moved += 1
+            cur.execute("SELECT n.nspname FROM pg_namespace n WHERE pg_get_userbyid(n.nspowner) NOT IN (%s, 'pg_database_owner') "
+                        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'", (owner,))
+            for (schema,) in cur.fetchall():
+                cur.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), sql.Identifier(owner)))
+                moved += 1
+    finally:
+        conn.close()
+    if moved:
+        log(f"postgres: {moved} objects of database {database} now belong to {owner}")
 
 
 def _postgres_status(settings: Settings, paths: _Paths) -> ServiceStatus:

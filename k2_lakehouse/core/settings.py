@@ -10,13 +10,19 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from k2_lakehouse.core.errors import ConfigError
 
 DEFAULT_CLICKHOUSE_PORT = 19000
 DEFAULT_CLICKHOUSE_HTTP_PORT = 18123
 DEFAULT_POSTGRES_PORT = 15432
+# Least privilege (README "Security"): the hot tier is read by a read-only ClickHouse user and changed only by the
+# writer; Dagster storage and the Iceberg catalog each have their own PostgreSQL role, owner of its database only.
+DEFAULT_CLICKHOUSE_READER = "k2_reader"
+DEFAULT_CLICKHOUSE_WRITER = "k2_writer"
+DEFAULT_DAGSTER_ROLE = "k2_dagster"
+DEFAULT_CATALOG_ROLE = "k2_catalog"
 CATALOG_NAME = "k2"
 ENGINES = ("duckdb", "spark")  # K2_ENGINE: where silver and gold (and, on Spark, the bronze copy) compute
 DEFAULT_SPARK_MASTER = "local[2]"
@@ -31,7 +37,7 @@ DEFAULT_FIRST_DAY = dt.date(2026, 1, 1)
 @dataclass(frozen=True)
 class Settings:
     home: Path  # K2_HOME: service data, warehouse, Dagster home
-    clickhouse_url: str  # clickhouse://user[:password]@host:port/database
+    clickhouse_url: str  # clickhouse://user[:password]@host:port/database: the read-only user (offload, checks, sensors)
     postgres_url: str  # Dagster storage (dagster-postgres)
     iceberg_catalog_uri: str  # pyiceberg SqlCatalog database
     warehouse: str  # file:// or s3:// location of Iceberg data
@@ -52,6 +58,13 @@ class Settings:
     # audit branches and unreferenced files younger than this are never touched by maintenance.
     hot_retention_days: int = 0
     maintain_older_than: dt.timedelta = dt.timedelta(hours=24)
+    # K2_CLICKHOUSE_WRITER_URL: the user that changes the hot tier (feed inserts, DDL, retention deletes); by
+    # default (empty) the reader's server and database as user k2_writer (`hot_tier.connect(..., write=True)`).
+    clickhouse_writer_url: str = ""
+
+    def __post_init__(self) -> None:
+        # Names that reach SQL text are checked once, here, with the variable that holds them.
+        self.clickhouse, self.clickhouse_writer  # noqa: B018 - parse (and so validate) both now
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -59,12 +72,15 @@ class Settings:
         home = Path(env.get("K2_HOME") or Path.cwd() / ".k2").resolve()
         ch_port = _int(env, "K2_CLICKHOUSE_PORT", DEFAULT_CLICKHOUSE_PORT)
         pg_port = _int(env, "K2_POSTGRES_PORT", DEFAULT_POSTGRES_PORT)
-        pg_server = f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}"
+        pg_server = f"127.0.0.1:{pg_port}"
+        clickhouse_url = env.get("K2_CLICKHOUSE_URL") or f"clickhouse://{DEFAULT_CLICKHOUSE_READER}@127.0.0.1:{ch_port}/k2"
         return cls(
             home=home,
-            clickhouse_url=env.get("K2_CLICKHOUSE_URL") or f"clickhouse://default@127.0.0.1:{ch_port}/k2",
-            postgres_url=env.get("K2_POSTGRES_URL") or f"{pg_server}/dagster",
-            iceberg_catalog_uri=env.get("K2_ICEBERG_CATALOG_URI") or f"{pg_server}/iceberg",
+            clickhouse_url=clickhouse_url,
+            clickhouse_writer_url=env.get("K2_CLICKHOUSE_WRITER_URL", ""),  # empty: derived, see clickhouse_writer
+            postgres_url=env.get("K2_POSTGRES_URL") or f"postgresql+psycopg2://{DEFAULT_DAGSTER_ROLE}@{pg_server}/dagster",
+            iceberg_catalog_uri=env.get("K2_ICEBERG_CATALOG_URI")
+            or f"postgresql+psycopg2://{DEFAULT_CATALOG_ROLE}@{pg_server}/iceberg",
             warehouse=env.get("K2_WAREHOUSE") or (home / "warehouse").as_uri(),
             dagster_home=Path(env.get("DAGSTER_HOME") or home / "dagster").resolve(),
             clickhouse_http_port=_int(env, "K2_CLICKHOUSE_HTTP_PORT", DEFAULT_CLICKHOUSE_HTTP_PORT),
@@ -82,7 +98,16 @@ class Settings:
 
     @property
     def clickhouse(self) -> ClickHouseAddress:
+        """The read-only user's address (K2_CLICKHOUSE_URL)."""
         return ClickHouseAddress.parse(self.clickhouse_url)
+
+    @property
+    def clickhouse_writer(self) -> ClickHouseAddress:
+        """The writer's address (K2_CLICKHOUSE_WRITER_URL)."""
+        return ClickHouseAddress.parse(
+            self.clickhouse_writer_url or _with_user(self.clickhouse_url, DEFAULT_CLICKHOUSE_WRITER),
+            "K2_CLICKHOUSE_WRITER_URL",
+        )
 
     @property
     def postgres_port(self) -> int:
@@ -93,6 +118,7 @@ class Settings:
         return {
             "K2_HOME": str(self.home),
             "K2_CLICKHOUSE_URL": self.clickhouse_url,
+            "K2_CLICKHOUSE_WRITER_URL": self.clickhouse_writer_url or _with_user(self.clickhouse_url, DEFAULT_CLICKHOUSE_WRITER),
             "K2_CLICKHOUSE_HTTP_PORT": str(self.clickhouse_http_port),
             "K2_POSTGRES_URL": self.postgres_url,
             "K2_ICEBERG_CATALOG_URI": self.iceberg_catalog_uri,
@@ -113,21 +139,29 @@ class ClickHouseAddress:
     host: str
     port: int
     user: str
-    password: str
-    database: str
+    password: str = field(repr=False)
+    database: str = ""
 
     @classmethod
-    def parse(cls, url: str) -> ClickHouseAddress:
+    def parse(cls, url: str, variable: str = "K2_CLICKHOUSE_URL") -> ClickHouseAddress:
+        from k2_lakehouse.core.contracts import validate_identifier  # local: contracts imports pyarrow
+
         parts = urlsplit(url)
-        if parts.scheme != "clickhouse" or not parts.hostname:
-            raise ConfigError(f"K2_CLICKHOUSE_URL must look like clickhouse://user@host:port/database, got {redact(url)}")
-        return cls(
-            host=parts.hostname,
-            port=parts.port or 9000,
-            user=parts.username or "default",
-            password=parts.password or "",
-            database=parts.path.lstrip("/") or "k2",
-        )
+        try:
+            port = parts.port or 9000
+        except ValueError:
+            port = 0
+        if parts.scheme != "clickhouse" or not parts.hostname or not port:
+            raise ConfigError(f"{variable} must look like clickhouse://user[:password]@host:port/database, got {redact(url)}")
+        user, database = unquote(parts.username or "default"), unquote(parts.path.lstrip("/")) or "k2"
+        try:
+            validate_identifier(database)  # it reaches SQL text: CREATE DATABASE, the hot tables' DDL
+        except ConfigError:
+            raise ConfigError(
+                f"{variable}: the database {database!r} is not a plain identifier (letters, digits and _, "
+                "not starting with a digit); refusing to use it"
+            ) from None
+        return cls(host=parts.hostname, port=port, user=user, password=unquote(parts.password or ""), database=database)
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -184,6 +218,20 @@ def _duration(env: dict[str, str], name: str, default: dt.timedelta) -> dt.timed
         return parse_duration(raw)
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
+
+
+def _with_user(url: str, user: str) -> str:
+    """`url` with `user` and no password (the writer's default: the reader's server and database)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+def has_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 def redact(url: str) -> str:

@@ -18,7 +18,10 @@ from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.audit import (
     CheckOutcome, Output, TableResult, audit, audit_view, current_outcome, data_version, scalars, write_audit_publish,
 )
-from k2_lakehouse.core.contracts import HOT_TABLES, SILVER_REJECTED, SILVER_TRADES, HotTable, symbol_map
+from k2_lakehouse.core.contracts import (
+    HOT_TABLES, MAX_MESSAGE_TEXT, SILVER_REJECTED, SILVER_TRADES, TRADE_TIME_MAX_AHEAD_US, TRADE_TIME_MAX_LATE_US, HotTable,
+    symbol_map,
+)
 from k2_lakehouse.core.engine import DuckDBEngine, Engine, EngineFactory, day_input, sql_text
 
 ACCOUNTED_CHECK = "every_position_accounted_for"
@@ -56,7 +59,7 @@ def verify_day(cat: Catalog, day: dt.date) -> dict[str, list[CheckOutcome]]:
         checks = audit(refs, eng, _audit)
     expected = _version(bronze, day)
     return {
-        name: [*outcomes, current_outcome(expected, iceberg.partition_summary(tables[name], day).get("k2.data-version", "never built"))]
+        name: [*outcomes, current_outcome(expected, iceberg.day_data_version(tables[name], day) or "never built")]
         for name, outcomes in checks.items()
     }
 
@@ -65,7 +68,7 @@ def is_current(cat: Catalog, day: dt.date) -> bool:
     """Both silver tables of `day` were built from the bronze rows the day holds now (a run killed
     between publishing one and the other leaves the day not current, so the next run rebuilds it)."""
     version = _version(_bronze_tables(cat), day)
-    return all(iceberg.partition_summary(t, day).get("k2.data-version") == version for t in _silver_tables(cat).values())
+    return all(iceberg.day_data_version(t, day) == version for t in _silver_tables(cat).values())
 
 
 def _bronze_tables(cat: Catalog) -> dict[str, tuple[HotTable, Table]]:
@@ -83,7 +86,7 @@ def _bind_inputs(engine: Engine, bronze: dict[str, tuple[HotTable, Table]], day:
             hot.name, iceberg.partition_files(table, hot.bronze, day, iceberg.snapshot_id(table)), hot.arrow_schema, table.io,
         )
     engine.register_arrow("symbol_map", symbol_map_table())
-    engine.register_arrow("partition_day", day_input(day))
+    engine.register_arrow("partition_day", partition_day(day))
 
 
 def _version(bronze: dict[str, tuple[HotTable, Table]], day: dt.date) -> str:
@@ -116,6 +119,15 @@ def accounting_outcome(per_exchange: list[dict]) -> CheckOutcome:
         ACCOUNTED_CHECK, passed, expected=total["bronze_rows"], actual=accounted, details=details,
         description="every bronze feed position of the day is in silver, rejected, or a dropped replay, exactly once",
     )
+
+
+def partition_day(day: dt.date) -> pa.Table:
+    """The `partition_day` input of the silver texts: the day's bounds and the validation limits of the contract."""
+    limits = {"late_us": TRADE_TIME_MAX_LATE_US, "ahead_us": TRADE_TIME_MAX_AHEAD_US, "max_text": MAX_MESSAGE_TEXT}
+    table = day_input(day)
+    for name, value in limits.items():
+        table = table.append_column(name, pa.array([value], pa.int64()))
+    return table
 
 
 def symbol_map_table() -> pa.Table:

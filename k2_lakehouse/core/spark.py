@@ -11,6 +11,7 @@ no Hadoop storage connector; the driver commits the files with pyiceberg, exactl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -19,7 +20,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +30,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from k2_lakehouse.core import hot_tier, iceberg, offload
-from k2_lakehouse.core.contracts import HOT_TABLES, HotTable, TableContract, validate_identifier
+from k2_lakehouse.core.contracts import HOT_TABLES, Column, HotTable, TableContract, validate_identifier
 from k2_lakehouse.core.dialects import to_spark
 from k2_lakehouse.core.engine import is_local, local_path
 from k2_lakehouse.core.failpoints import FAILPOINT_ENV, failpoint
@@ -72,7 +73,7 @@ def session_config(settings: Settings) -> dict[str, str]:
         catalog: "org.apache.iceberg.spark.SparkCatalog",
         f"{catalog}.catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
         f"{catalog}.uri": f"jdbc:postgresql://{pg.hostname}:{pg.port or 5432}{pg.path}",
-        f"{catalog}.jdbc.user": pg.username or "postgres",
+        f"{catalog}.jdbc.user": unquote(pg.username or "postgres"),  # the catalog's own role (K2_ICEBERG_CATALOG_URI)
         f"{catalog}.warehouse": settings.warehouse,
     }
 
@@ -87,7 +88,7 @@ def session(settings: Settings, extra: dict[str, str] | None = None) -> SparkSes
     for key, value in {**session_config(settings), **(extra or {})}.items():
         if value:
             builder = builder.config(key, value)
-    password = urlsplit(settings.iceberg_catalog_uri).password
+    password = unquote(urlsplit(settings.iceberg_catalog_uri).password or "")
     if password:  # set on the builder only: never in a config dict that a UI or a log could show
         builder = builder.config(f"spark.sql.catalog.{CATALOG_NAME}.jdbc.password", password)
     spark = builder.getOrCreate()
@@ -211,7 +212,7 @@ def offload_writer(spark: SparkSession, settings: Settings) -> RangeWriter:
             spark.sparkContext.parallelize(slices, len(slices)), "slice int, kafka_partition int, lo long, hi long",
         )
         task = functools.partial(_offload_task, url=url, properties=properties, exchange=hot.exchange, day=day,
-                                 prefix=prefix, fail_at=fail_at)
+                                 prefix=prefix, fail_at=fail_at, extra=hot.extra_columns)
         try:
             rows = frame.mapInArrow(task, "path string, rows long, bytes long").collect()
         except BaseException:
@@ -224,10 +225,11 @@ def offload_writer(spark: SparkSession, settings: Settings) -> RangeWriter:
 
 def _offload_task(
     batches: Iterator[pa.RecordBatch], *, url: str, properties: dict[str, str], exchange: str, day: dt.date,
-    prefix: str, fail_at: str | None,
+    prefix: str, fail_at: str | None, extra: tuple[Column, ...] = (),
 ) -> Iterator[pa.RecordBatch]:
     _set_failpoint(fail_at)
-    hot = HOT_TABLES[exchange]
+    # The contract plus the columns the hot table gained, as the driver found them (`drift.hot_shape`).
+    hot = dataclasses.replace(HOT_TABLES[exchange], extra_columns=extra)
     client = hot_tier.connect(Settings.from_env({"K2_CLICKHOUSE_URL": url}))
     try:
         for batch in batches:

@@ -35,10 +35,14 @@ class Verification:
     def report(self) -> str:
         parts = []
         if self.bronze:
+            # hot rows: still in ClickHouse; hot positions: held there now or, retired (DESIGN §5.6), before
+            # ("retired": how many of them the bronze table's retirement record vouches for).
             parts.append(format_table(
-                ("table", "day", "hot rows", "hot positions", "bronze rows", "duplicates", "missing", "checksum", "status"),
-                [(r.table, r.day, f"{r.hot_rows:,}", f"{r.hot_positions:,}", f"{r.actual:,}", r.duplicates,
-                  r.missing + r.not_yet_offloaded, "match" if r.checksum_match else "DIFFERS", "ok" if r.in_sync else "MISMATCH")
+                ("table", "day", "hot rows", "hot positions", "retired", "bronze rows", "duplicates", "missing", "checksum",
+                 "status"),
+                [(r.table, r.day, f"{r.hot_rows:,}", f"{r.hot_positions:,}", f"{r.retired:,}" if r.retired else "-",
+                  f"{r.actual:,}", r.duplicates, r.missing + r.not_yet_offloaded, "match" if r.checksum_match else "DIFFERS",
+                  "ok" if r.in_sync else "MISMATCH")
                  for r in self.bronze],
             ) + "\n")
         if self.derived:

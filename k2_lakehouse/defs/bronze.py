@@ -61,6 +61,11 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
                 f"Dagster recorded watermark {recorded} but Iceberg holds {result.watermark_before} (a run died "
                 "after its Iceberg commit): Iceberg wins."
             )
+        if result.columns_added:
+            context.log.warning(
+                f"{hot.name} gained column(s) {', '.join(result.columns_added)}: added to {hot.bronze.qualified_name} "
+                "as optional columns; rows offloaded before read as null"
+            )
         context.log.info(
             f"{hot.name} {result.day}: {result.rows:,} rows appended in {result.duration_s:.2f}s "
             f"({result.rows_per_s:,.0f} rows/s); watermark {result.watermark_before} -> {result.watermark_after}"
@@ -84,6 +89,8 @@ def build_bronze_asset(hot: HotTable) -> AssetsDefinition:
                 "duration_s": round(result.duration_s, 3),
                 "commit_attempts": result.attempts,
                 "engine": settings.engine,
+                # Schema drift: columns the hot table gained, added to bronze by this run's commit.
+                **({"columns_added": MetadataValue.json(list(result.columns_added))} if result.columns_added else {}),
             },
             check_results=[check_result(hot.bronze, c) for c in built.checks],
             # The watermark moves exactly when rows are added to the day: silver and gold of the day go stale.

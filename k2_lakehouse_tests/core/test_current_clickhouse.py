@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from k2_lakehouse import bench, live
-from k2_lakehouse.core import bronze, feed, freshness, hot_tier, iceberg, reconcile, sensing, services, verify
+from k2_lakehouse.core import bronze, feed, freshness, hot_tier, iceberg, reconcile, retention, sensing, services, verify
 from k2_lakehouse.core.contracts import BINANCE, GOLD_TABLES, HOT_TABLES
 from k2_lakehouse_tests.recording import Call, ChdbReplay, Recorder, arrow_rows, insert_target, normalize, render_values
 from k2_lakehouse_tests.support import Lake
@@ -46,7 +46,7 @@ def _drive_the_product(lake: Lake) -> None:
     quiet = lambda *_: None  # noqa: E731
 
     # `k2 services up` creates the hot tables; `k2 services status` asks the server's version.
-    client = hot_tier.connect(settings, database="")
+    client = hot_tier.connect(settings, database="", write=True)
     hot_tier.create_hot_tables(client, settings.clickhouse.database)
     client.disconnect()
     assert all(s.healthy for s in services.status(settings))
@@ -81,6 +81,13 @@ def _drive_the_product(lake: Lake) -> None:
     bench._wait_for_merges(bench.bench_settings(settings), timeout=0.1)
     assert bench._measure_baseline(settings, BINANCE.exchange, DAY)["rows"] > 0
 
+    # Hot-tier retention (last: it empties the offloaded day): a delete mutation, waited for in system.mutations,
+    # then checks that take the retired positions from the record.
+    retired = retention.retire(settings, retention_days=1, today=DAY + dt.timedelta(days=2))
+    gone = sorted(d.table for d in retired.days if d.day == DAY and d.retired)
+    assert gone == sorted(h.name for h in HOT_TABLES.values()), retired.report()
+    assert all(r.in_sync and r.retired for r in verify.verify(settings, days=[DAY], layers=("bronze",)).bronze)
+
 
 def _assert_covers(calls: list[Call]) -> None:
     """The recording holds the statements that matter, so the replay cannot pass by having nothing to run."""
@@ -99,6 +106,10 @@ def _assert_covers(calls: list[Call]) -> None:
         assert sent(f"FROM {hot.name}", "sumIf(", "%(lop0)s"), "reconcile of an increment"
         assert sent(f"SELECT count() FROM {hot.name} WHERE trade_date = %(day)s"), "hot rows of a day"
         assert sent(f"FROM {hot.name} GROUP BY kafka_partition"), "feed state"
+    assert sent("FROM system.columns", "%(table)s"), "the hot table's columns (schema drift)"
+    for hot in HOT_TABLES.values():
+        assert sent(f"ALTER TABLE {hot.name} DELETE WHERE trade_date = %(day)s", "%(wp0)s"), "retention's delete"
+    assert sent("FROM system.mutations", "is_done = 0"), "retention waits for its mutation"
     assert sent("CREATE DATABASE IF NOT EXISTS") and sent("DROP DATABASE IF EXISTS")
     assert len(calls) >= 30 and len(set(sql)) >= 20, f"only {len(calls)} statements recorded"
 

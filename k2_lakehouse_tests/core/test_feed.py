@@ -32,7 +32,7 @@ def clickhouse(shared_services: Settings) -> Settings:
 def settings_for(services: Settings, database: str) -> Settings:
     """Settings pointing at `database` on the shared server, with fresh hot tables."""
     settings = dataclasses.replace(services, clickhouse_url=services.clickhouse_url.rsplit("/", 1)[0] + f"/{database}")
-    client = hot_tier.connect(settings, database="")
+    client = hot_tier.connect(settings, database="", write=True)
     client.execute(f"DROP DATABASE IF EXISTS {database}")
     hot_tier.create_hot_tables(client, database)
     client.disconnect()
@@ -198,7 +198,7 @@ def test_a_redelivery_after_midnight_keeps_its_day_and_timestamp(unreadable_time
 
 def test_a_restart_after_midnight_keeps_each_position_in_one_day(clickhouse, unreadable_times):
     settings = settings_for(clickhouse, "k2midnight")
-    client = hot_tier.connect(settings)
+    client = hot_tier.connect(settings, write=True)
     try:
         first, second = around_midnight(unreadable_times, MIDNIGHT_S - 1, MIDNIGHT_S + 5)
         for block in (first, second):
@@ -435,7 +435,7 @@ def test_report_is_frozen_and_summarised(seeded):
 
 def test_same_seed_and_state_write_the_same_rows(clickhouse):
     settings = settings_for(clickhouse, "k2repro")
-    client = hot_tier.connect(settings)
+    client = hot_tier.connect(settings, write=True)
 
     def run(seed: int) -> dict[str, list[tuple]]:
         for table in (BINANCE, KRAKEN):

@@ -53,13 +53,15 @@ def test_up_status_down(settings: Settings, tmp_path: Path) -> None:
     assert {t.name for t in HOT_TABLES.values()} <= tables
     assert profile == [("1",)]
 
-    conn = psycopg2.connect(host="127.0.0.1", port=settings.postgres_port, user="postgres", dbname="postgres")
+    conn = services.admin_connect(settings)  # the superuser: through the cluster's socket only
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT datname FROM pg_database")
-            assert {"dagster", "iceberg"} <= {r[0] for r in cur.fetchall()}
+            cur.execute("SELECT datname, pg_get_userbyid(datdba) FROM pg_database")
+            assert {("dagster", "k2_dagster"), ("iceberg", "k2_catalog")} <= set(cur.fetchall())
     finally:
         conn.close()
+    with pytest.raises(psycopg2.OperationalError, match="no pg_hba.conf entry"):
+        psycopg2.connect(host="127.0.0.1", port=settings.postgres_port, user="postgres", dbname="postgres")
 
     assert (settings.dagster_home).is_dir()
     assert any(line.startswith("export K2_HOME=") for line in services.env_lines(settings))

@@ -39,6 +39,7 @@ def test_duckdb_and_spark_build_identical_tables(lake: Lake, spark) -> None:
     insert_rows(lake.client(), BINANCE, BINANCE_ROWS)
     insert_rows(lake.client(), KRAKEN, KRAKEN_ROWS)
     feed.seed(lake.settings, DAY, 20_000, seed=11, progress=False)
+    feed.hostile(lake.settings, DAY, seed=11)  # every hostile class: the engines must reject each alike
     for hot in HOT_TABLES.values():
         assert all(c.passed for c in bronze.build_bronze_day(lake.settings, hot, DAY).checks)
 
