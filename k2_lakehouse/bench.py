@@ -1272,6 +1272,82 @@ def report_day(r: dict) -> str:
     return "\n".join(lines)
 
 
+# =====================================================================================================
+# k2 bench compaction
+# =====================================================================================================
+
+COMPACTION_DAY = LARGE_DAY
+
+
+def compaction(settings: Settings, *, rows: int, increments: int, repeats: int) -> int:
+    """A bronze day loaded whole, then grown by `increments` sensor-sized offloads (INCREMENT_ROWS trades
+    each, one small file and one snapshot apiece, as the live system makes them); the day read before
+    and after `maintenance.maintain`: the baseline is the same day, the same process, the same reads."""
+    from k2_lakehouse.core import feed, maintenance
+    from k2_lakehouse.core.offload import offload_day
+
+    bench, env, logs = _bench_corner(settings)
+    hot = HOT_TABLES["binance"]
+    _reset_hot(settings)
+    _reset_catalog(settings, bench)
+    print(f"seeding {rows:,} trades on {COMPACTION_DAY}, then {increments} offloads of {INCREMENT_ROWS:,} more ...", flush=True)
+    feed.seed(bench, COMPACTION_DAY, rows, seed=2, progress=False)
+    table = iceberg.bronze_table(iceberg.catalog(bench), hot)
+    client = hot_tier.connect(bench)
+    offload_day(table, client, hot, COMPACTION_DAY, batch_rows=bench.batch_rows)
+    for i in range(increments):
+        feed.seed(bench, COMPACTION_DAY, INCREMENT_ROWS, seed=100 + i, progress=False)
+        offload_day(table, client, hot, COMPACTION_DAY, batch_rows=bench.batch_rows)
+    client.disconnect()
+    before = _day_shape(bench, hot, repeats)
+    started = time.perf_counter()
+    report = maintenance.maintain(bench, older_than=dt.timedelta(0), tables=[hot.bronze])
+    seconds = time.perf_counter() - started
+    after = _day_shape(bench, hot, repeats)
+    results = {"rows": rows, "increments": increments, "increment_rows": INCREMENT_ROWS, "before": before, "after": after,
+               "maintenance_seconds": seconds, "maintenance": report.tables[0].metadata()}
+    keys = [("data files of the day", "files", "{:,}"), ("manifests", "manifests", "{:,}"), ("snapshots", "snapshots", "{:,}"),
+            ("metadata file bytes", "metadata_bytes", "{:,}"), ("rows", "rows", "{:,}"),
+            ("plan the day s", "plan_s", "{:.3f}"), ("read every column s", "read_s", "{:.3f}"),
+            ("DuckDB aggregate s", "query_s", "{:.3f}")]
+    table_text = format_table(("", "before", "after", "after / before"), [
+        (label, fmt.format(before[k]), fmt.format(after[k]), f"{after[k] / before[k]:.2f}" if before[k] else "-")
+        for label, k, fmt in keys
+    ])
+    text = (f"{table_text}\nmaintenance took {seconds:.1f} s (median of {repeats} reads each; "
+            f"{increments} offloads of {INCREMENT_ROWS:,} trades on a {rows:,}-trade day)\n\n{report.report()}")
+    return _finish(settings, "compaction", results, text, logs, after["rows"] == before["rows"])
+
+
+def _day_shape(settings: Settings, hot, repeats: int) -> dict:
+    """The bronze day's files, manifests, snapshots and metadata size, and the median time to plan it, read
+    every column of it, and run a DuckDB aggregate over it (what silver's first step does)."""
+    from k2_lakehouse.core.engine import DuckDBEngine
+
+    table = iceberg.bronze_table(iceberg.catalog(settings), hot)
+    timings: dict[str, list[float]] = {"plan_s": [], "read_s": [], "query_s": []}
+    rows = 0
+    for _ in range(repeats + 1):  # the first round warms the page cache and is not counted
+        started = time.perf_counter()
+        files = iceberg.partition_files(table, hot.bronze, COMPACTION_DAY)
+        planned = time.perf_counter()
+        rows = sum(b.num_rows for b in iceberg.read_files(table, files))
+        read = time.perf_counter()
+        with DuckDBEngine() as eng:
+            eng.register_files("day", files, hot.arrow_schema, table.io)
+            eng.arrow("SELECT count(*), count(DISTINCT symbol), max(trade_time) FROM day")
+        queried = time.perf_counter()
+        for key, value in (("plan_s", planned - started), ("read_s", read - planned), ("query_s", queried - read)):
+            timings[key].append(value)
+    snapshot = table.current_snapshot()
+    return {
+        "files": len(files), "rows": rows, "snapshots": len(table.metadata.snapshots),
+        "manifests": len(snapshot.manifests(table.io)) if snapshot else 0,
+        "metadata_bytes": len(table.io.new_input(table.metadata_location)),
+        **{key: statistics.median(values[1:]) for key, values in timings.items()},
+    }
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "offload-child":  # bench.py offload-child METHOD EXCHANGE DAY
         method, exchange, day_ = sys.argv[2], sys.argv[3], dt.date.fromisoformat(sys.argv[4])

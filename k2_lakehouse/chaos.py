@@ -42,6 +42,7 @@ import datetime as dt
 import importlib
 import importlib.util
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -98,6 +99,8 @@ class Trial:
     recovery_s: float = 0.0
     recovery_runs: int = 0
     trial_s: float = 0.0
+    fault_s: float = 0.0
+    verify_s: float = 0.0
     counts: dict[str, LayerCounts] = field(default_factory=lambda: {layer: LayerCounts() for layer in LAYERS})
 
     @property
@@ -206,7 +209,8 @@ def run(
             result.trials.append(trial)
             outcome = "recovered" if trial.ok else f"FAILED: {trial.reason or 'duplicates or losses'}"
             log(f"trial {number:>3}/{trials} {kind:<18} {outcome} in {trial.recovery_s:.1f} s "
-                f"({trial.recovery_runs} run{'s' if trial.recovery_runs != 1 else ''}; trial {trial.trial_s:.0f} s): {trial.detail}")
+                f"({trial.recovery_runs} run{'s' if trial.recovery_runs != 1 else ''}, verify {trial.verify_s:.1f} s; "
+                f"fault {trial.fault_s:.0f} s): {trial.detail}")
     result.seconds = time.perf_counter() - started
     log("")
     log(result.table())
@@ -232,12 +236,17 @@ class Lab:
     logs: Path
     spawner: _Spawner
     log: Log
-    run_s: list[float] = field(default_factory=list)  # durations of finished runs (random kill delays)
+    run_s: list[float] = field(default_factory=list)  # durations of whole runs that had work (random fault delays)
 
     @property
     def typical_run_s(self) -> float:
+        """How long a whole run with work takes here now: random delays within it hit every step."""
         recent = self.run_s[-10:]
-        return statistics.median(recent) if recent else _DEFAULT_RUN_S
+        return max(recent) if recent else _DEFAULT_RUN_S
+
+    def ran(self, proc: _Proc) -> None:
+        if proc.code == 0 and proc.argv == ["run"] and "Nothing to do" not in proc.tail(1):
+            self.run_s.append(proc.seconds)
 
 
 @contextlib.contextmanager
@@ -284,8 +293,20 @@ def private_lab(*, keep: bool = False, exec_runs: bool = False, log: Log = print
 
 def ensure_services(lab: Lab) -> None:
     """Both servers up (idempotent: restarts whichever a fault left down)."""
-    with _fsync_off():
+    with _fsync_off(), _quiet_driver():
         services.up(lab.settings, log=lambda _: None)
+
+
+@contextlib.contextmanager
+def _quiet_driver() -> Iterator[None]:
+    """clickhouse-driver logs every refused connection with a traceback; a restarting server refuses a few."""
+    logger = logging.getLogger("clickhouse_driver")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _service_pid(settings: Settings, name: str) -> int | None:
@@ -516,10 +537,11 @@ def run_trial(lab: Lab, number: int, kind: str, rng: random.Random) -> Trial:
             notes.append(f"{proc.name} still running after the fault: killed")
         trial.detail = "; ".join(n for n in notes if n)
     except Exception as exc:  # noqa: BLE001 - the harness's own failure is reported, and recovery still runs
-        trial.detail = f"fault harness error {type(exc).__name__}: {exc}"
+        trial.detail = f"fault harness error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         lab.spawner.kill_all()
+    trial.fault_s = time.perf_counter() - started
     try:
-        ensure_services(lab)
+        _ensure_services_retrying(lab)
     except Exception as exc:  # noqa: BLE001
         trial.reason = f"services did not come back: {exc}"
         trial.trial_s = time.perf_counter() - started
@@ -543,8 +565,10 @@ def recover(lab: Lab, trial: Trial) -> None:
         if code != 0:
             reason = f"recovery run {attempt} exited {code}; log {proc.log_path}:\n{proc.tail(6)}"
             continue
-        lab.run_s.append(proc.seconds)
+        lab.ran(proc)
+        verifying = time.perf_counter()
         verification = _verify(lab.settings)
+        trial.verify_s = time.perf_counter() - verifying
         _count(verification, trial)
         if not verification.mismatched:
             trial.recovered = True
@@ -597,6 +621,9 @@ def _mismatches(verification) -> str:
 # ------------------------------------------------------------------------------------------ faults
 
 
+BRONZE_RUN = ("run", "--select", "group:bronze")  # faults aimed at the offload: recovery builds silver and gold
+
+
 def _start_run(lab: Lab, name: str, argv: Sequence[str] = ("run",), **env: str) -> _Proc:
     return lab.spawner.start(name, list(argv), extra_env=env or None)
 
@@ -610,8 +637,7 @@ def _finish(lab: Lab, procs: Sequence[_Proc], timeout: float = RUN_TIMEOUT_S) ->
             notes.append(f"{proc.name} HUNG > {timeout:.0f} s (killed)")
         else:
             notes.append(f"{proc.name} exit {code}")
-            if code == 0:
-                lab.run_s.append(proc.seconds)
+            lab.ran(proc)
     return ", ".join(notes)
 
 
@@ -663,9 +689,15 @@ def fault_kill(lab: Lab, rng: random.Random) -> str:
 
 def fault_service_restart(name: str) -> Callable[[Lab, random.Random], str]:
     def fault(lab: Lab, rng: random.Random) -> str:
-        proc = _start_run(lab, f"{name}_restart")
-        target = rng.choice((*LAYERS, "any"))
-        if target == "any":
+        if name == "clickhouse":  # read while a run looks for work, and by the offload
+            target = rng.choice(("start", "bronze", "bronze", "any"))
+            proc = _start_run(lab, f"{name}_restart", BRONZE_RUN if rng.random() < 0.5 else ("run",))
+        else:  # catalog commits and Dagster events: every layer
+            target = rng.choice((*LAYERS, "any"))
+            proc = _start_run(lab, f"{name}_restart")
+        if target == "start":
+            time.sleep(rng.uniform(0.0, 1.0))
+        elif target == "any":
             time.sleep(rng.uniform(0.2, lab.typical_run_s))
         else:
             _wait_for_step(lab, proc, target, RUN_TIMEOUT_S)
@@ -673,46 +705,59 @@ def fault_service_restart(name: str) -> Callable[[Lab, random.Random], str]:
         pid = _service_pid(lab.settings, name)
         if pid is None:
             return f"{name} was not running"
+        running = proc.poll() is None
         if name == "clickhouse":
             how, sig = rng.choice((("SIGKILL", signal.SIGKILL), ("SIGTERM", signal.SIGTERM)))
-        else:  # postmaster: SIGQUIT = immediate shutdown (crash recovery at start), SIGINT = fast shutdown
-            how, sig = rng.choice((("immediate", signal.SIGQUIT), ("fast", signal.SIGINT), ("SIGKILL", signal.SIGKILL)))
-        running = proc.poll() is None
+        else:  # postmaster: SIGQUIT = immediate shutdown (crash recovery at start), SIGINT = fast shutdown;
+            # or a backend OOM-killed, after which the postmaster ends every session and recovers by itself
+            how, sig = rng.choice((("immediate", signal.SIGQUIT), ("fast", signal.SIGINT), ("backend SIGKILL", None)))
+        at = f"at {target}" if target != "any" else "at random"
+        if sig is None:
+            backend = _postgres_backend(pid, rng)
+            if backend is None:
+                how, sig = "immediate", signal.SIGQUIT
+            else:
+                os.kill(backend, signal.SIGKILL)
+                _ensure_services_retrying(lab)
+                return f"postgres {how} {at}{'' if running else ' (run already done)'}, it recovered by itself; {_finish(lab, [proc])}"
         os.kill(pid, sig)
-        gone = _wait_gone(lab.settings, name)
-        if not gone:
+        if not _wait_gone(lab.settings, name):
             os.kill(pid, signal.SIGKILL)
             _wait_gone(lab.settings, name)
-        if name == "postgres" and sig == signal.SIGKILL:
-            _wait_postgres_backends(lab.settings)
         pause = rng.uniform(0.2, 3.0)
         time.sleep(pause)
-        ensure_services(lab)
-        return (f"{name} {how} {'at ' + target if target != 'any' else 'at random'}"
-                f"{'' if running else ' (run already done)'}, restarted after {pause:.1f} s; {_finish(lab, [proc])}")
+        _ensure_services_retrying(lab)
+        return f"{name} {how} {at}{'' if running else ' (run already done)'}, restarted after {pause:.1f} s; {_finish(lab, [proc])}"
 
     return fault
 
 
-def _wait_postgres_backends(settings: Settings, timeout: float = 15.0) -> None:
-    """After a SIGKILL of the postmaster its backends notice and exit; a new postmaster refuses to start
-    while they still hold the shared memory."""
-    data = str(services._Paths.of(settings).pg_data)  # noqa: SLF001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = False
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if data.encode() in cmdline:
-                    alive = True
-                    break
-        if not alive:
+def _ensure_services_retrying(lab: Lab, attempts: int = 5) -> None:
+    """A server in crash recovery refuses connections for a moment: try again before giving up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ensure_services(lab)
             return
-        time.sleep(0.1)
+        except Exception:  # noqa: BLE001
+            if attempt == attempts:
+                raise
+            time.sleep(attempt)
+
+
+def _postgres_backend(postmaster: int, rng: random.Random) -> int | None:
+    """A client backend of our postmaster (a child serving a connection), or None."""
+    backends = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster and "127.0.0.1(" in cmdline:
+            backends.append(int(entry))
+    return rng.choice(backends) if backends else None
 
 
 def fault_concurrent_runs(lab: Lab, rng: random.Random) -> str:
@@ -733,7 +778,7 @@ def fault_concurrent_runs(lab: Lab, rng: random.Random) -> str:
 
 
 def fault_redelivery_storm(lab: Lab, rng: random.Random) -> str:
-    proc = _start_run(lab, "storm")
+    proc = _start_run(lab, "storm", BRONZE_RUN if rng.random() < 0.7 else ("run",))
     redelivered = replayed = 0
     rounds = rng.randint(3, 10)
     client = hot_tier.connect(lab.settings, write=True)
@@ -808,7 +853,7 @@ def _replay(client, hot: HotTable, day: dt.date, rng: random.Random) -> int:
 
 
 def fault_late_data(lab: Lab, rng: random.Random) -> str:
-    proc = _start_run(lab, "late")
+    proc = _start_run(lab, "late", BRONZE_RUN if rng.random() < 0.7 else ("run",))
     batches = rng.randint(1, 4)
     rows = 0
     for i in range(batches):
@@ -823,7 +868,7 @@ def fault_metadata_loss(lab: Lab, rng: random.Random) -> str:
     from dagster import AssetKey, AssetMaterialization, AssetRecordsFilter, DagsterInstance
 
     how = rng.choice(("wipe_partitions", "wipe_assets", "regress", "regress_during_run"))
-    proc = _start_run(lab, "metadata") if how == "regress_during_run" else None
+    proc = _start_run(lab, "metadata", BRONZE_RUN) if how == "regress_during_run" else None
     if proc is not None:
         time.sleep(rng.uniform(0.5, lab.typical_run_s))
     touched = []

@@ -89,8 +89,9 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _maintain(settings: Settings, args: argparse.Namespace) -> int:
-    from k2_lakehouse.core import maintenance
+    from k2_lakehouse.core import maintenance, retention
 
+    print(retention.retire(settings, retention_days=args.hot_retention_days).report())
     print(maintenance.maintain(settings, older_than=args.older_than).report())
     return 0
 
@@ -121,6 +122,8 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         return bench.freshness(settings, duration_s=args.duration)
     if args.what == "scale":
         return bench.scale(settings, rows=args.rows or 1_000_000, factors=args.factors, engines=args.engines)
+    if args.what == "compaction":
+        return bench.compaction(settings, rows=args.rows or 1_000_000, increments=args.increments, repeats=args.repeats)
     if args.what == "parallel":
         return bench.parallel(settings, rows=args.rows or 1_000_000, repeats=args.repeats, engines=args.engines)
     measure = {"day": bench.day, "incremental": bench.incremental}.get(args.what, bench.offload)
@@ -208,11 +211,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated layers to verify (default: bronze,silver,gold)")
     v.set_defaults(handler=_verify)
 
-    m = sub.add_parser("maintain", help="table maintenance now: compact small files, drop abandoned audit branches, "
-                       "expire snapshots and remove unreferenced files, on every Iceberg table")
+    m = sub.add_parser("maintain", help="long-run operations now: hot-tier retention (gated on the offload), then "
+                       "table maintenance: compact small files, drop abandoned audit branches, expire snapshots and "
+                       "remove unreferenced files, on every Iceberg table")
     m.add_argument("--older-than", type=_timedelta, default=None, metavar="DURATION",
                    help="keep snapshots, audit branches and unreferenced files younger than this, e.g. 30m, 24h, 7d "
                    "(default: K2_MAINTAIN_OLDER_THAN, 24h)")
+    m.add_argument("--hot-retention-days", type=int, default=None, metavar="N",
+                   help="first delete hot days older than N days that bronze holds exactly once; 0 keeps every day "
+                   "(default: K2_HOT_RETENTION_DAYS, 0)")
     m.set_defaults(handler=_maintain)
 
     lv = sub.add_parser(
@@ -245,18 +252,21 @@ def _parser() -> argparse.ArgumentParser:
         "tables), silver and gold each in a fresh process (wall time, step time, peak RSS of the whole process tree). "
         "parallel: both exchanges with --rows trades each, offloaded one at a time, then at once (two processes), "
         "--repeats times: parallel efficiency. "
+        "compaction: a bronze day of --rows trades grown by --increments sensor-sized offloads, read before and after "
+        "`k2 maintain` (files, manifests, plan, read and query time). "
         "Results in K2_HOME/bench/*results.json.",
     )
-    b.add_argument("what", nargs="?", choices=["offload", "day", "incremental", "freshness", "scale", "parallel"],
+    b.add_argument("what", nargs="?", choices=["offload", "day", "incremental", "freshness", "scale", "parallel", "compaction"],
                    default="offload", help="what to measure (default: offload)")
     b.add_argument("--rows", type=int, default=None,
-                   help="trades per exchange for the large run (default: 4000000; scale and parallel: 1000000)")
+                   help="trades per exchange for the large run (default: 4000000; scale, parallel, compaction: 1000000)")
     b.add_argument("--small-rows", type=int, default=1_000_000, help="trades per exchange for the memory comparison")
     b.add_argument("--duration", type=float, default=300.0, help="freshness: seconds of sampling (default: 300)")
     b.add_argument("--factors", type=_int_list, default=[1, 2, 4], help="scale: multiples of --rows (default: 1,2,4)")
     b.add_argument("--engines", type=_engine_list, default=["duckdb", "spark"],
                    help="scale, parallel: engines to measure (default: duckdb,spark)")
-    b.add_argument("--repeats", type=int, default=3, help="parallel: repetitions (default: 3)")
+    b.add_argument("--repeats", type=int, default=3, help="parallel: repetitions; compaction: reads timed (default: 3)")
+    b.add_argument("--increments", type=int, default=200, help="compaction: small offloads after the load (default: 200)")
     b.set_defaults(handler=_bench)
 
     c = sub.add_parser(

@@ -170,3 +170,39 @@ def race(*calls) -> list:
     for t in threads:
         t.join()
     return results
+
+
+def listening_addresses(pids: list[int]) -> list[tuple]:
+    """(address, port) of every TCP socket in LISTEN state and every bound UDP socket the processes hold, read
+    from /proc/net/{tcp,tcp6,udp,udp6} by socket inode."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table, wanted in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == wanted and fields[9] in inodes:
+                found.append(_address(fields[1]))
+    return found
+
+
+def _address(hex_address: str) -> tuple:
+    import ipaddress
+
+    host, port = hex_address.split(":")
+    raw = bytes.fromhex(host)
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word in host (little-endian) order
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address, int(port, 16)

@@ -15,9 +15,11 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from psycopg2 import sql
 from k2_lakehouse.core import feed, hot_tier, services
 from k2_lakehouse.core.errors import ConfigError
 from k2_lakehouse.core.settings import Settings
-from k2_lakehouse_tests.support import free_ports, traversable
+from k2_lakehouse_tests.support import free_ports, listening_addresses, traversable
 
 PROJECT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2026, 3, 14)
@@ -47,8 +49,11 @@ class Secured:
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    home = traversable(tmp_path_factory.mktemp("least-privilege")) / "home"
+def secured() -> Iterator[Secured]:
+    # Not under pytest's tmp dirs: a pytest starting meanwhile makes its base 0700 again, and the postgres
+    # user could no longer reach its data to stop (as conftest's session services, for the same reason).
+    root = traversable(Path(tempfile.mkdtemp(prefix="k2-least-privilege-")))
+    home = root / "home"
     ch, http, pg, s3 = free_ports(4)
     # Hex passwords: distinctive to search for, and fit into URLs as they are.
     pw = {name: f"{name}{secrets.token_hex(12)}" for name in ("chreader", "chwriter", "pgdagster", "pgcatalog", "s3secret")}
@@ -79,6 +84,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             yield state
         finally:
             services.down(settings, log=lambda _: None)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _ch(secured: Secured, *, write: bool = False, database: str | None = None, password: str | None = None):
@@ -286,6 +292,7 @@ def test_every_layer_runs_on_the_k2_roles_and_no_password_leaks(secured: Secured
         places[f"PostgreSQL database {database}"] = _dump_database(secured.settings, database)
     assert "ASSET_MATERIALIZATION" in places["PostgreSQL database dagster"]
     files = _files_under(secured.settings.home)  # DAGSTER_HOME (compute logs, storage), service logs and data
+    assert len(files) > 100 and any(secured.settings.dagster_home in p.parents for p in files)
     assert any("compute_logs" in str(p) or "/storage/" in str(p) for p in files), "no compute logs written"
     for path in files:
         places[str(path)] = path.read_bytes().decode("latin-1")
@@ -339,40 +346,6 @@ def _tree(pid: int) -> list[int]:
     return [pid, *(child.pid for child in proc.children(recursive=True))]
 
 
-def listening_addresses(pids: list[int]) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
-    """(address, port) of every TCP socket in LISTEN state and every bound UDP socket the processes hold, read
-    from /proc/net/{tcp,tcp6,udp,udp6} by socket inode."""
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
-            continue
-    found = []
-    for table, wanted in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == wanted and fields[9] in inodes:
-                found.append(_address(fields[1]))
-    return found
-
-
-def _address(hex_address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    host, port = hex_address.split(":")
-    raw = bytes.fromhex(host)
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word in host (little-endian) order
-    address = ipaddress.ip_address(raw)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address, int(port, 16)
-
-
 def test_listening_addresses_reads_proc_net() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -411,5 +384,21 @@ def test_hostile_names_stop_services_up_before_anything_starts(tmp_path: Path, v
         with pytest.raises(ConfigError, match="not a valid identifier"):
             services.up(settings, log=lambda _: None)
         assert not (settings.home / "run" / "clickhouse.pid").exists() and not (settings.home / "postgres").exists()
+    finally:
+        services.down(settings, log=lambda _: None)
+
+
+def test_services_up_refuses_the_superuser_in_a_k2_url(tmp_path: Path) -> None:
+    """An environment from before the K2 roles (`eval "$(k2 services env)"` printed postgres@ URLs) is refused
+    with what to do, not half started."""
+    ch, http, pg = free_ports(3)
+    settings = Settings.from_env({
+        "K2_HOME": str(traversable(tmp_path / "home")), "K2_CLICKHOUSE_PORT": str(ch), "K2_CLICKHOUSE_HTTP_PORT": str(http),
+        "K2_POSTGRES_PORT": str(pg), "K2_POSTGRES_URL": f"postgresql+psycopg2://postgres@127.0.0.1:{pg}/dagster",
+    })
+    try:
+        with pytest.raises(ConfigError, match="K2_POSTGRES_URL connects as the superuser `postgres`.*unset K2_POSTGRES_URL"):
+            services.up(settings, log=lambda _: None)
+        assert not (settings.home / "run" / "clickhouse.pid").exists()
     finally:
         services.down(settings, log=lambda _: None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from k2_lakehouse.cli import main
 from k2_lakehouse.core import services
 from k2_lakehouse.core.contracts import HOT_TABLES
 from k2_lakehouse.core.settings import Settings
-from k2_lakehouse_tests.support import Lake, free_ports
+from k2_lakehouse_tests.support import Lake, free_ports, listening_addresses
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def test_live_serves_the_ui_then_stops_everything_it_started(lake: Lake, capsys:
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)  # never blocks on a full pipe
     reader.start()
-    record, answered, refused, refused_err = None, False, None, ""
+    record, answered, refused, refused_err, listening = None, False, None, "", []
     try:
         deadline = time.monotonic() + 150
         while proc.poll() is None and time.monotonic() < deadline:
@@ -65,6 +66,8 @@ def test_live_serves_the_ui_then_stops_everything_it_started(lake: Lake, capsys:
                 record = json.loads(live.pid_file(lake.settings).read_text())
             if not answered and _answers(port):
                 answered = True
+                if record is not None:  # every socket the webserver, its code server and the daemon listen on
+                    listening = listening_addresses([p.pid for p in _left_in(set(record["groups"].values()))])
                 # A second live system on the same K2_HOME is refused, whatever its port.
                 refused = main(["live", "--port", str(free_ports(1)[0]), "--history-days", "0"])
                 refused_err = capsys.readouterr().err
@@ -80,6 +83,8 @@ def test_live_serves_the_ui_then_stops_everything_it_started(lake: Lake, capsys:
     assert rc == 0, log
     assert answered, log
     assert f"Dagster UI at http://127.0.0.1:{port}" in log
+    assert (ipaddress.ip_address("127.0.0.1"), port) in listening, listening
+    assert all(address.is_loopback and address.version == 4 for address, _ in listening), listening
     assert refused == 2 and "a live system is already running" in refused_err, refused_err
 
     # Every process of the three groups is gone, and so is the pid file.

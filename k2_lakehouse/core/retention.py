@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import clickhouse_driver
@@ -93,9 +94,13 @@ class RetentionReport:
                 f"{self.rows_deleted:,} hot rows deleted")
 
 
-def retire(settings: Settings, *, retention_days: int | None = None, today: dt.date | None = None) -> RetentionReport:
+def retire(
+    settings: Settings, *, retention_days: int | None = None, today: dt.date | None = None,
+    tables: Sequence[HotTable] | None = None,
+) -> RetentionReport:
     """Retire every hot day more than `retention_days` days before `today` (UTC) whose rows bronze holds
-    exactly once (retention 1: today and yesterday stay). Default: K2_HOT_RETENTION_DAYS; 0 keeps everything."""
+    exactly once (retention 1: today and yesterday stay), in `tables` (default: both hot tables).
+    Default retention: K2_HOT_RETENTION_DAYS; 0 keeps everything."""
     keep = settings.hot_retention_days if retention_days is None else retention_days
     if keep <= 0:
         return RetentionReport(0, None)
@@ -106,7 +111,7 @@ def retire(settings: Settings, *, retention_days: int | None = None, today: dt.d
         writer = hot_tier.connect(settings, write=True)
         try:
             cat = iceberg.catalog(settings)
-            for hot in HOT_TABLES.values():
+            for hot in tables or list(HOT_TABLES.values()):
                 table = iceberg.bronze_table(cat, hot)
                 for day in hot_tier.high_offsets_by_day(reader, hot):
                     if day < cutoff:

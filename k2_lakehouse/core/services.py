@@ -128,7 +128,7 @@ def up(settings: Settings, *, s3: bool = False, log: Log = print, any_hot_databa
     if ch_pid is not None and _ANY_DATABASE_MARK in _read_text(paths.ch_users):
         any_hot_database = True  # started for a test session: a later `up` (say `k2 live` on one lake) keeps it so
     users = _clickhouse_users(settings, any_database=any_hot_database)  # checks the user names, before any start
-    _local_roles(settings)  # checks the PostgreSQL role and database names, before any start
+    _check_roles(settings)  # the PostgreSQL role and database names, before any start
     if ch_pid is None:
         _start_clickhouse(settings, paths, log, users)
     else:
@@ -580,6 +580,18 @@ def _local_roles(settings: Settings) -> list[tuple[str, str, str]]:
     return found
 
 
+def _check_roles(settings: Settings) -> None:
+    """Each local database has a role of its own: the superuser is reachable through the socket only."""
+    for database, role, _ in _local_roles(settings):
+        if role == "postgres":
+            variable = "K2_POSTGRES_URL" if database == _db_name(settings.postgres_url) else "K2_ICEBERG_CATALOG_URI"
+            raise ConfigError(
+                f"{variable} connects as the superuser `postgres`; K2 uses a role of its own per database now (the "
+                f"superuser is reachable through the cluster's socket only): unset {variable} for the default "
+                "(k2_dagster / k2_catalog), or `eval \"$(k2 services env)\"` again"
+            )
+
+
 def _write_pg_hba(settings: Settings, paths: _Paths) -> None:
     """pg_hba.conf, rewritten by every `up`: the superuser over the Unix socket only; over TCP (127.0.0.1) only
     K2's roles, with SCRAM when their URL carries a password, trust when it does not (a dev machine)."""
@@ -653,11 +665,7 @@ def _create_databases(settings: Settings, log: Log) -> None:
         conn = admin_connect(settings)
         try:
             for database, role, password in _local_roles(settings):
-                if role == "postgres":
-                    log(f"postgres: the URL of database {database} names the superuser; set it to a role of its own "
-                        "(unset K2_POSTGRES_URL / K2_ICEBERG_CATALOG_URI for the defaults)")
-                else:
-                    _ensure_role(conn, role, password, log)
+                _ensure_role(conn, role, password, log)
                 _ensure_database(conn, settings, database, role, log)
             with conn.cursor() as cur:  # nor the cluster's own databases: each role reaches its database only
                 cur.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
@@ -673,6 +681,8 @@ def _ensure_role(conn, role: str, password: str, log: Log) -> None:
     from psycopg2 import sql
     from psycopg2.extensions import encrypt_password
 
+    if role == "postgres":
+        raise ConfigError("the superuser `postgres` is not a K2 role: give each database a role of its own")
     attributes = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))

@@ -1,5 +1,5 @@
-"""Long-run operations on a schedule: table maintenance of every Iceberg table, each table's asset
-observing what was done to it, and the hot tier's retention (only for days bronze holds, DESIGN §5.6)."""
+"""Long-run operations on schedules: table maintenance of every Iceberg table, each table's asset observing
+what was done to it, and the hot tier's retention (only for days bronze holds, DESIGN §5.6)."""
 
 from dagster import (
     AssetObservation,
@@ -13,8 +13,8 @@ from dagster import (
     op,
 )
 
-from k2_lakehouse.core import maintenance
-from k2_lakehouse.core.contracts import TABLES
+from k2_lakehouse.core import maintenance, retention
+from k2_lakehouse.core.contracts import HOT_TABLES, TABLES, HotTable
 from k2_lakehouse.defs.reporting import asset_key
 from k2_lakehouse.defs.resources import LakehouseResource
 
@@ -50,4 +50,33 @@ table_maintenance_schedule = ScheduleDefinition(
     description="Daily, after the full verification: a day's small files are merged once it has stopped moving.",
 )
 
-defs = Definitions(jobs=[table_maintenance], schedules=[table_maintenance_schedule])
+def retention_op(hot: HotTable):
+    @op(
+        name=f"retire_{hot.name}",
+        description=f"Deletes {hot.name}'s hot days older than K2_HOT_RETENTION_DAYS that bronze holds exactly once "
+        "(a retirement record first, then only the rows at or below the watermark); keeps and reports the others.",
+        pool=f"iceberg_{hot.name}",  # the bronze table's pool: never beside an offload of the same table
+    )
+    def retire_hot_days(context: OpExecutionContext, lakehouse: LakehouseResource) -> None:
+        report = retention.retire(lakehouse.settings(), tables=[hot])
+        context.log.info(report.report())
+        context.log_event(AssetObservation(asset_key=asset_key(hot.bronze), metadata={
+            **{f"retention/{k}": MetadataValue.int(v) for k, v in report.metadata().items()},
+            "retention/report": MetadataValue.md(f"```\n{report.report()}\n```"),
+        }))
+
+    return retire_hot_days
+
+
+@job(description="Hot-tier retention (DESIGN §5.6): only days bronze holds leave ClickHouse.")
+def hot_retention():
+    for hot in HOT_TABLES.values():
+        retention_op(hot)()
+
+
+hot_retention_schedule = ScheduleDefinition(
+    job=hot_retention, cron_schedule="0 3 * * *", execution_timezone="UTC", default_status=DefaultScheduleStatus.RUNNING,
+    description="Daily; does nothing while K2_HOT_RETENTION_DAYS is 0 (the default).",
+)
+
+defs = Definitions(jobs=[table_maintenance, hot_retention], schedules=[table_maintenance_schedule, hot_retention_schedule])
