@@ -68,6 +68,7 @@ def bench_settings(settings: Settings) -> Settings:
     return dataclasses.replace(
         settings,
         clickhouse_url=settings.clickhouse_url.rsplit("/", 1)[0] + f"/{BENCH_DB}",
+        clickhouse_writer_url=settings.exports()["K2_CLICKHOUSE_WRITER_URL"].rsplit("/", 1)[0] + f"/{BENCH_DB}",  # the feed's
         iceberg_catalog_uri=f"{server}/{BENCH_CATALOG_DB}",
         postgres_url=settings.postgres_url.rsplit("/", 1)[0] + f"/{BENCH_DAGSTER_DB}",
         warehouse=(settings.home / "bench" / "warehouse").as_uri(),

@@ -53,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from pathlib import Path
 
 from k2_lakehouse.core import feed, hot_tier, services
 from k2_lakehouse.core.contracts import HOT_TABLES, HotTable
+from k2_lakehouse.core.errors import K2Error
 from k2_lakehouse.core.report import format_table
 from k2_lakehouse.core.settings import Settings
 
@@ -187,6 +189,8 @@ def run(
     exec_runs: bool = False, log: Log = print,
 ) -> ChaosResult:
     """`trials` random fault trials on a private lake; the result holds each trial's outcome."""
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
     seed = random.randrange(1_000_000) if seed is None else seed
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -203,10 +207,11 @@ def run(
     result = ChaosResult([], seed, usable, skipped)
     started = time.perf_counter()
     log(f"chaos: {trials} trials, seed {seed}, kinds {', '.join(usable)}")
-    with private_lab(keep=keep, exec_runs=exec_runs, log=log) as lab:
+    with _terminate_as_interrupt(), private_lab(keep=keep, exec_runs=exec_runs, log=log) as lab:
         for number, kind in enumerate(plan, 1):
             trial = run_trial(lab, number, kind, random.Random(rng.randrange(2**32)))
             result.trials.append(trial)
+            lab.failed |= not trial.ok
             outcome = "recovered" if trial.ok else f"FAILED: {trial.reason or 'duplicates or losses'}"
             log(f"trial {number:>3}/{trials} {kind:<18} {outcome} in {trial.recovery_s:.1f} s "
                 f"({trial.recovery_runs} run{'s' if trial.recovery_runs != 1 else ''}, verify {trial.verify_s:.1f} s; "
@@ -223,6 +228,23 @@ def run(
     return result
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a long run like Ctrl-C does: every process and server it started is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ------------------------------------------------------------------------------------------ the lab
 
 
@@ -236,6 +258,7 @@ class Lab:
     logs: Path
     spawner: _Spawner
     log: Log
+    failed: bool = False  # a trial failed: its logs are kept
     run_s: list[float] = field(default_factory=list)  # durations of whole runs that had work (random fault delays)
 
     @property
@@ -276,7 +299,7 @@ def private_lab(*, keep: bool = False, exec_runs: bool = False, log: Log = print
             first = spawner.start("initial", ["run"], cold_modules=modules)
             code = first.wait(RUN_TIMEOUT_S * 2)
             if code != 0:
-                raise RuntimeError(f"the initial `k2 run` exited {code}:\n{first.tail()}")
+                raise K2Error(f"chaos: the initial `k2 run` of the private lake exited {code}:\n{first.tail()}")
             spawner.warm(json.loads(modules.read_text()) if modules.exists() else [])
             log(f"chaos: {DAYS[0]} seeded and built in {time.perf_counter() - started:.0f} s; runs fork from a warm server"
                 if not exec_runs else f"chaos: {DAYS[0]} seeded and built in {time.perf_counter() - started:.0f} s")
@@ -287,6 +310,9 @@ def private_lab(*, keep: bool = False, exec_runs: bool = False, log: Log = print
             services.down(settings, log=lambda _: None)
         if keep:
             log(f"chaos: kept {root} (services stopped; logs in {logs})")
+        elif lab.failed:
+            shutil.rmtree(root / "home", ignore_errors=True)
+            log(f"chaos: the logs of every run are kept in {logs}")
         else:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -528,8 +554,10 @@ def run_trial(lab: Lab, number: int, kind: str, rng: random.Random) -> Trial:
     trial = Trial(number, kind)
     started = time.perf_counter()
     try:
-        day = DAYS[1] if rng.random() < 0.75 else DAYS[0]
-        rows = rng.randint(200, 1_500)
+        # late_data: the earlier day, so a run is at work on it when its late trades arrive. A ClickHouse
+        # restart gets more rows, so that the offload's read lasts long enough to be hit.
+        day = DAYS[0] if kind == "late_data" else DAYS[1] if rng.random() < 0.75 else DAYS[0]
+        rows = rng.randint(3_000, 8_000) if kind == "clickhouse_restart" else rng.randint(200, 1_500)
         feed.seed(lab.settings, day, rows, seed=number, progress=False, block_rows=rng.randint(40, 250))
         notes = [f"+{rows}/exchange on {day}"]
         notes.append(FAULTS[kind](lab, rng))
@@ -566,21 +594,27 @@ def recover(lab: Lab, trial: Trial) -> None:
             reason = f"recovery run {attempt} exited {code}; log {proc.log_path}:\n{proc.tail(6)}"
             continue
         lab.ran(proc)
+        if attempt > 1:
+            trial.detail += f"; recovery needed {attempt} runs ({reason.splitlines()[0]})"
         verifying = time.perf_counter()
-        verification = _verify(lab.settings)
+        try:
+            verification = _verify(lab.settings)
+        except Exception as exc:  # noqa: BLE001 - a verification that cannot run is a failed one
+            reason = f"verify after recovery run {attempt} failed: {type(exc).__name__}: {exc}"
+            continue
         trial.verify_s = time.perf_counter() - verifying
+        trial.counts = {layer: LayerCounts() for layer in LAYERS}
         _count(verification, trial)
         if not verification.mismatched:
             trial.recovered = True
             trial.recovery_s = time.perf_counter() - started
-            trial.reason = ""
             return
         reason = f"after {attempt} recovery run(s), verify: {_mismatches(verification)}"
-        trial.counts = {layer: LayerCounts() for layer in LAYERS}  # counted again after the next run
     trial.recovery_s = time.perf_counter() - started
     trial.reason = reason
-    if trial.duplicates == trial.losses == 0 and "verify" not in reason:
+    if not reason.startswith("after"):  # the last attempt never verified: count what is there now
         with contextlib.suppress(Exception):
+            trial.counts = {layer: LayerCounts() for layer in LAYERS}
             _count(_verify(lab.settings), trial)
 
 
@@ -690,8 +724,9 @@ def fault_kill(lab: Lab, rng: random.Random) -> str:
 def fault_service_restart(name: str) -> Callable[[Lab, random.Random], str]:
     def fault(lab: Lab, rng: random.Random) -> str:
         if name == "clickhouse":  # read while a run looks for work, and by the offload
-            target = rng.choice(("start", "bronze", "bronze", "any"))
-            proc = _start_run(lab, f"{name}_restart", BRONZE_RUN if rng.random() < 0.5 else ("run",))
+            bronze_only = rng.random() < 0.5
+            target = rng.choice(("start", "bronze") if bronze_only else ("start", "bronze", "any"))
+            proc = _start_run(lab, f"{name}_restart", BRONZE_RUN if bronze_only else ("run",))
         else:  # catalog commits and Dagster events: every layer
             target = rng.choice((*LAYERS, "any"))
             proc = _start_run(lab, f"{name}_restart")

@@ -17,7 +17,6 @@ Pure core: no Dagster imports.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import os
@@ -576,8 +575,14 @@ def _local_roles(settings: Settings) -> list[tuple[str, str, str]]:
         parts = urlsplit(url)
         if parts.port not in (None, settings.postgres_port) or parts.hostname not in (None, "127.0.0.1", "localhost"):
             continue
-        found.append((_db_name(url), validate_identifier(unquote(parts.username or "postgres")), unquote(parts.password or "")))
+        found.append(_role_of(url))
     return found
+
+
+def _role_of(url: str) -> tuple[str, str, str]:
+    """(database, role, password) a PostgreSQL URL names; the names checked (they reach SQL as identifiers)."""
+    parts = urlsplit(url)
+    return _db_name(url), validate_identifier(unquote(parts.username or "postgres")), unquote(parts.password or "")
 
 
 def _check_roles(settings: Settings) -> None:
@@ -638,8 +643,9 @@ def admin_connect(settings: Settings, dbname: str = "postgres"):
 def create_database(settings: Settings, url: str, *, replace: bool = False, log: Log = lambda _: None) -> None:
     """The database `url` names, owned by its role (created if missing), CONNECT revoked from PUBLIC. With
     `replace`, an existing one is dropped first."""
-    _, role, password = next(r for r in _local_roles(dataclasses.replace(settings, postgres_url=url)) if r[0] == _db_name(url))
     from psycopg2 import sql
+
+    _, role, password = _role_of(url)
 
     conn = admin_connect(settings)
     try:

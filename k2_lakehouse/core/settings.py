@@ -53,7 +53,7 @@ class Settings:
     s3_region: str = "us-east-1"
     s3_access_key_id: str = field(default="", repr=False)
     s3_secret_access_key: str = field(default="", repr=False)
-    # Long-run operations. K2_HOT_RETENTION_DAYS: hot days kept in ClickHouse (older ones are dropped once
+    # Long-run operations. K2_HOT_RETENTION_DAYS: hot days kept in ClickHouse (older ones are deleted once
     # bronze holds them, DESIGN §5.6; 0 keeps every day). K2_MAINTAIN_OLDER_THAN: snapshots, abandoned
     # audit branches and unreferenced files younger than this are never touched by maintenance.
     hot_retention_days: int = 0
