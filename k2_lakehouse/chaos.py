@@ -103,6 +103,7 @@ class Trial:
     trial_s: float = 0.0
     fault_s: float = 0.0
     verify_s: float = 0.0
+    hung: bool = False  # a run of the fault outlived RUN_TIMEOUT_S: a failure even if recovery worked
     counts: dict[str, LayerCounts] = field(default_factory=lambda: {layer: LayerCounts() for layer in LAYERS})
 
     @property
@@ -115,7 +116,7 @@ class Trial:
 
     @property
     def ok(self) -> bool:
-        return self.recovered and not self.duplicates and not self.losses
+        return self.recovered and not self.hung and not self.duplicates and not self.losses
 
 
 @dataclass
@@ -564,6 +565,7 @@ def run_trial(lab: Lab, number: int, kind: str, rng: random.Random) -> Trial:
         for proc in lab.spawner.kill_all():
             notes.append(f"{proc.name} still running after the fault: killed")
         trial.detail = "; ".join(n for n in notes if n)
+        trial.hung = "HUNG" in trial.detail
     except Exception as exc:  # noqa: BLE001 - the harness's own failure is reported, and recovery still runs
         trial.detail = f"fault harness error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         lab.spawner.kill_all()
@@ -575,6 +577,8 @@ def run_trial(lab: Lab, number: int, kind: str, rng: random.Random) -> Trial:
         trial.trial_s = time.perf_counter() - started
         return trial
     recover(lab, trial)
+    if trial.hung and not trial.reason:
+        trial.reason = f"a run of the fault hung for {RUN_TIMEOUT_S:.0f} s"
     trial.trial_s = time.perf_counter() - started
     return trial
 

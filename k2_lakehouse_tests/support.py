@@ -9,8 +9,6 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
-
 from k2_lakehouse.core import hot_tier, services
 from k2_lakehouse.core.settings import Settings
 
