@@ -153,8 +153,8 @@ def hot_range_positions(
 
     The table is ordered by (kafka_partition, kafka_offset), so ClickHouse reads only the granules above `lo`.
     """
-    at_or_below_lo, lo_params = _at_or_below(lo, "lo")
-    at_or_below_hi, hi_params = _at_or_below(hi, "hi")
+    at_or_below_lo, lo_params = at_or_below(lo, "lo")
+    at_or_below_hi, hi_params = at_or_below(hi, "hi")
     key = "bitShiftLeft(toUInt64(kafka_partition), 40) + kafka_offset"
     (rows, distinct, checksum, above), = client.execute(
         f"SELECT sumIf(n, upto), countIf(upto), sumIf({key}, upto), countIf(NOT upto) FROM ("
@@ -212,7 +212,8 @@ def covers(wm: Watermark, other: Watermark) -> bool:
     return all(wm.get(p, -1) >= o for p, o in other.items())
 
 
-def _at_or_below(wm: Watermark, name: str = "w") -> tuple[str, dict]:
+def at_or_below(wm: Watermark, name: str = "w") -> tuple[str, dict]:
+    """A ClickHouse condition for the feed positions at or below `wm`, and its bound parameters."""
     if not wm:
         return "0", {}
     terms, params = [], {}

@@ -191,8 +191,8 @@ def delete_retired(
     """Delete the day's hot rows at or below `watermark` (never those above: late trades) and wait until
     ClickHouse has: the rows deleted, and whether the delete finished within `timeout_s`. Idempotent: a
     second call deletes what is left, if anything."""
-    at_or_below, params = reconcile._at_or_below(watermark)
-    where = f"trade_date = %(day)s AND ({at_or_below})"
+    covered, params = reconcile.at_or_below(watermark)
+    where = f"trade_date = %(day)s AND ({covered})"
     params = {"day": day, **params}
     before = _count(writer, hot, where, params)
     finished = True
