@@ -12,9 +12,9 @@ A trial:
 2. one fault, of a kind drawn at random (`KINDS`):
    - `kill`: SIGKILL a `k2 run` at a named failpoint (`K2_FAILPOINT`), once a chosen layer's step started,
      or after a random delay;
-   - `clickhouse_restart` / `postgres_restart`: stop (SIGTERM, SIGKILL; PostgreSQL: immediate or fast
-     shutdown) the server while a run reads or commits, restart it on the same ports and data after a
-     random pause;
+   - `clickhouse_restart` / `postgres_restart`: stop the server (SIGTERM, SIGKILL; PostgreSQL: immediate
+     or fast shutdown, or one backend SIGKILLed as by the OOM killer, which ends every session) while a run
+     reads or commits, and restart it on the same ports and data after a random pause;
    - `concurrent_runs`: 2-3 `k2 run` at once (sometimes one of them killed);
    - `redelivery_storm`: already-offloaded rows written again under their own feed positions, many
      times, and exchange replays (the same trades under new offsets), while a run is in flight;
@@ -29,9 +29,11 @@ A trial:
 
 Runs are processes: forked from a warm server that has already imported what a run imports (the first,
 cold `k2 run` of the lake reports its modules), so a run costs its work, not ~8 s of interpreter and
-Dagster start; `--exec-runs` starts each as `python -m k2_lakehouse.cli run` instead. Every process has a
-timeout, is killed with its process group if it outlives it, and every server is brought back up after
-each trial whatever happened.
+Dagster start; `--exec-runs` starts each in a new interpreter instead. Every process has a timeout, is
+killed with its process group if it outlives it, and every server is brought back up after each trial
+whatever happened. A trial fails when recovery does not reach "in sync" within its runs, when verification
+finds a duplicate or a loss, when a run of the fault hangs, or when the fault could not be applied;
+`anomalies` lists processes that failed where nothing should have (maintenance next to runs).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class Trial:
     verify_s: float = 0.0
     hung: bool = False  # a run of the fault outlived RUN_TIMEOUT_S: a failure even if recovery worked
     harness_error: str = ""  # the fault itself could not be applied: the trial proves nothing
+    anomalies: list[str] = field(default_factory=list)  # failed where nothing should (maintenance next to runs)
     counts: dict[str, LayerCounts] = field(default_factory=lambda: {layer: LayerCounts() for layer in LAYERS})
 
     @property
@@ -145,11 +148,12 @@ class ChaosResult:
                 f"{statistics.mean(recovery):.1f}" if recovery else "-",
                 f"{max(recovery):.1f}" if recovery else "-",
                 f"{statistics.mean(t.recovery_runs for t in trials):.1f}",
+                sum(len(t.anomalies) for t in trials),
             ))
         return rows
 
     HEADER = ("fault kind", "trials", "recovered", "FAILED", "duplicates b/s/g", "losses b/s/g",
-              "mean recovery s", "max recovery s", "recovery runs")
+              "mean recovery s", "max recovery s", "recovery runs", "anomalies")
 
     def table(self) -> str:
         return format_table(self.HEADER, self.rows())
@@ -157,6 +161,10 @@ class ChaosResult:
     def failures(self) -> list[str]:
         return [f"trial {t.number} ({t.kind}): {t.reason or 'duplicates or losses'}; fault: {t.detail}"
                 for t in self.trials if not t.ok]
+
+    def anomalies(self) -> list[str]:
+        """Processes that failed where they should not have, in trials that still recovered: worth a look."""
+        return [f"trial {t.number} ({t.kind}): {a}" for t in self.trials for a in t.anomalies]
 
     def summary(self) -> str:
         verdict = "PASSED" if self.ok else "FAILED"
@@ -169,6 +177,7 @@ class ChaosResult:
         lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in self.rows()]
         lines += ["", self.summary(), ""]
         lines += [f"- {kind}: skipped ({why})" for kind, why in self.skipped.items()]
+        lines += [f"- anomaly: {a}" for a in self.anomalies()]
         lines += ["", "| trial | kind | fault | outcome | recovery s | runs |", "|---|---|---|---|---|---|"]
         lines += [f"| {t.number} | {t.kind} | {t.detail} | {'recovered' if t.ok else 'FAILED: ' + t.reason} | "
                   f"{t.recovery_s:.1f} | {t.recovery_runs} |" for t in self.trials]
@@ -212,7 +221,7 @@ def run(
         for number, kind in enumerate(plan, 1):
             trial = run_trial(lab, number, kind, random.Random(rng.randrange(2**32)))
             result.trials.append(trial)
-            lab.failed |= not trial.ok
+            lab.failed |= not trial.ok or bool(trial.anomalies)
             outcome = "recovered" if trial.ok else f"FAILED: {trial.reason or 'duplicates or losses'}"
             log(f"trial {number:>3}/{trials} {kind:<18} {outcome} in {trial.recovery_s:.1f} s "
                 f"({trial.recovery_runs} run{'s' if trial.recovery_runs != 1 else ''}, verify {trial.verify_s:.1f} s; "
@@ -223,6 +232,8 @@ def run(
     log(result.summary())
     for line in result.failures():
         log(f"  {line}")
+    for line in result.anomalies():
+        log(f"  anomaly: {line}")
     if report is not None:
         report.write_text(result.markdown())
         log(f"report written to {report}")
@@ -260,6 +271,7 @@ class Lab:
     spawner: _Spawner
     log: Log
     failed: bool = False  # a trial failed: its logs are kept
+    anomalies: list[str] = field(default_factory=list)  # of the trial in progress
     run_s: list[float] = field(default_factory=list)  # durations of whole runs that had work (random fault delays)
 
     @property
@@ -413,6 +425,8 @@ class _Proc:
                 self.code = self.handle.exitcode
             if self.code is not None:
                 self.ended = time.perf_counter()
+                with contextlib.suppress(ProcessLookupError, PermissionError):  # what it left running (a crash point
+                    os.killpg(self.pid, signal.SIGKILL)  # kills only the run itself): its session is its own
         return self.code
 
     def wait(self, timeout: float) -> int | None:
@@ -560,6 +574,7 @@ def run_trial(lab: Lab, number: int, kind: str, rng: random.Random) -> Trial:
         day = DAYS[0] if kind == "late_data" else DAYS[1] if rng.random() < 0.75 else DAYS[0]
         rows = rng.randint(3_000, 8_000) if kind == "clickhouse_restart" else rng.randint(200, 1_500)
         feed.seed(lab.settings, day, rows, seed=number, progress=False, block_rows=rng.randint(40, 250))
+        lab.anomalies = trial.anomalies
         notes = [f"+{rows}/exchange on {day}"]
         notes.append(FAULTS[kind](lab, rng))
         for proc in lab.spawner.kill_all():
@@ -951,7 +966,10 @@ def fault_maintenance(lab: Lab, rng: random.Random) -> str:
     if rng.random() < 0.5:
         time.sleep(rng.uniform(0.0, 2.0))
         runs.append(_start_run(lab, "maintained2"))
-    return f"maintenance (older than {older_than} s) during a run: {_finish(lab, [*runs, maintain])}"
+    note = f"maintenance (older than {older_than} s) during a run: {_finish(lab, [*runs, maintain])}"
+    if maintain.code != 0:  # "safe to run at any time next to offloads and publishes" (core/maintenance.py)
+        lab.anomalies.append(f"maintenance exited {maintain.code}: {maintain.tail(1)} (log {maintain.log_path})")
+    return note
 
 
 FAULTS: dict[str, Callable[[Lab, random.Random], str]] = {

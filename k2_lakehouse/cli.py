@@ -92,8 +92,9 @@ def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     from k2_lakehouse.core import maintenance, retention
 
     print(retention.retire(settings, retention_days=args.hot_retention_days).report())
-    print(maintenance.maintain(settings, older_than=args.older_than).report())
-    return 0
+    report = maintenance.maintain(settings, older_than=args.older_than)
+    print(report.report())
+    return 1 if report.failed else 0
 
 
 def _live(settings: Settings, args: argparse.Namespace) -> int:

@@ -23,21 +23,18 @@ from k2_lakehouse.defs.resources import LakehouseResource
     "unreferenced files older than K2_MAINTAIN_OLDER_THAN, on every Iceberg table; each table's asset "
     "records what was done to it as an observation.")
 def maintain_tables(context: OpExecutionContext, lakehouse: LakehouseResource) -> None:
-    settings = lakehouse.settings()
-    failed = []
-    for contract in TABLES:
-        try:  # one table's failure must not starve the others of maintenance
-            result = maintenance.maintain(settings, tables=[contract]).tables[0]
-        except Exception as exc:  # reported below, the run fails
-            context.log.error(f"{contract.qualified_name}: maintenance failed: {exc!r}")
-            failed.append(contract.qualified_name)
+    report = maintenance.maintain(lakehouse.settings())
+    context.log.info(report.report())
+    for result, contract in zip(report.tables, TABLES):
+        if result.error:
             continue
         context.log_event(AssetObservation(asset_key=asset_key(contract), metadata={
             f"maintenance/{k}": (MetadataValue.float(v) if isinstance(v, float) else MetadataValue.int(v))
             for k, v in result.metadata().items()
         }))
-    if failed:
-        raise Failure(f"maintenance failed on {', '.join(failed)}; the other tables were maintained")
+    if report.failed:
+        raise Failure(f"maintenance failed on {', '.join(t.table for t in report.failed)}; the other tables were maintained",
+                      metadata={"report": MetadataValue.md(f"```\n{report.report()}\n```")})
 
 
 @job(description="Table maintenance of every Iceberg table (`k2 maintain` runs the same at once).")
