@@ -379,7 +379,7 @@ def freshness(settings: Settings, *, duration_s: float, rate: float = 100.0) -> 
     )
     _reset_hot(settings)
     _reset_lake(settings, bench, env, logs)
-    port = _free_port()
+    (port,) = services.free_ports(1)
     argv = [sys.executable, "-m", "k2_lakehouse.cli", "live", "--port", str(port), "--rate", f"{rate:g}",
             "--history-days", "1", "--history-rows", "20000", "--keep-services"]
     print(f"starting the live system on the bench corner (UI on 127.0.0.1:{port}), feed {rate:g} trades/s per exchange ...", flush=True)
@@ -433,14 +433,6 @@ def freshness(settings: Settings, *, duration_s: float, rate: float = 100.0) -> 
                                "tables": [r.summary() for r in reports.values()]}, indent=2))
     print(f"results written to {out}; live system log in {logs / 'live.log'}")
     return 0 if all(r.summary()[layer]["never_visible"] == 0 for r in reports.values() for layer in lag.LAYERS) else 1
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # =====================================================================================================

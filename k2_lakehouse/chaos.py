@@ -49,7 +49,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -291,7 +290,7 @@ def private_lab(*, keep: bool = False, exec_runs: bool = False, log: Log = print
     directory, the earlier day seeded and built once; everything stopped and removed on exit."""
     root = Path(tempfile.mkdtemp(prefix="k2-chaos-"))
     root.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must traverse it
-    ch, http, pg = _free_ports(3)
+    ch, http, pg = services.free_ports(3)
     settings = Settings.from_env({
         "K2_HOME": str(root / "home"), "K2_CLICKHOUSE_PORT": str(ch), "K2_CLICKHOUSE_HTTP_PORT": str(http),
         "K2_POSTGRES_PORT": str(pg), "K2_FIRST_DAY": (DAYS[0] - dt.timedelta(days=1)).isoformat(),
@@ -387,17 +386,6 @@ def _environ(env: dict[str, str]) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))  # held together, so the ports differ
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # ------------------------------------------------------------------------------------- processes

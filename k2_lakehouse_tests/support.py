@@ -5,25 +5,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from k2_lakehouse.core import hot_tier, services
+from k2_lakehouse.core.services import free_ports  # noqa: F401  (tests import it from here)
 from k2_lakehouse.core.settings import Settings
 
 _counter = itertools.count()
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))  # held together, so the ports differ
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def traversable(path: Path) -> Path:

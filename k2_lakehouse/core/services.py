@@ -1023,6 +1023,18 @@ def _check_distinct_ports(settings: Settings, *more: int) -> None:
         raise ServiceError(f"{what} ports must differ, got {ports}; {_PORT_HINT}")
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports free right now (for private services: tests, `k2 chaos`, `k2 bench`)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))  # held together, so the ports differ
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # SO_REUSEADDR: a port with only TIME_WAIT connections is free to listen on.

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import pyarrow as pa
 import pytest
 
 from k2_lakehouse.core import bronze, hot_tier, iceberg, offload, reconcile, retention, sensing, verify

@@ -8,7 +8,6 @@ import json
 
 import pytest
 from dagster import (
-    AssetKey,
     DagsterInstance,
     DagsterRunStatus,
     SensorResult,

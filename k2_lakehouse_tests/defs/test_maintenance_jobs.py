@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, EventRecordsFilter
+from dagster import DagsterInstance
 
 from k2_lakehouse.core import iceberg, offload
 from k2_lakehouse.core.contracts import BINANCE, TABLES
