@@ -100,9 +100,13 @@ def _maintain(settings: Settings, args: argparse.Namespace) -> int:
 def _live(settings: Settings, args: argparse.Namespace) -> int:
     from k2_lakehouse import live
 
+    from k2_lakehouse.core.monitoring import Monitoring
+
+    monitoring = None if args.no_monitoring else Monitoring(
+        metrics_port=args.metrics_port, prometheus_port=args.prometheus_port, alertmanager_port=args.alertmanager_port)
     options = live.LiveOptions(
         port=args.port, rate=args.rate, history_days=args.history_days, history_rows=args.history_rows,
-        duration=args.duration, feed_duration=args.feed_duration, keep_services=args.keep_services,
+        duration=args.duration, feed_duration=args.feed_duration, keep_services=args.keep_services, monitoring=monitoring,
     )
     return live.run(settings, options, log=lambda line: print(line, flush=True))
 
@@ -140,6 +144,32 @@ def _chaos(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise K2Error(str(exc)) from None
     return 0 if result.ok else 1
+
+
+def _metrics(settings: Settings, args: argparse.Namespace) -> int:
+    import logging
+
+    from k2_lakehouse import metrics
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"k2 metrics: serving http://{args.host}:{args.port}/metrics", flush=True)
+    try:
+        metrics.serve(settings, args.port, host=args.host)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _soak(settings: Settings, args: argparse.Namespace) -> int:
+    from k2_lakehouse import soak
+
+    options = soak.SoakOptions(
+        duration_s=_duration(args.duration), report_dir=args.report, interval_s=_duration(args.interval), rate=args.rate,
+        history_days=args.history_days, history_rows=args.history_rows, catch_up_s=_duration(args.catch_up),
+        maintain_every_s=_duration(args.maintain_every) or None, maintain_older_than=args.maintain_older_than, port=args.port,
+        live_args=tuple(args.live_arg),
+    )
+    return soak.run(settings, options, log=lambda line: print(line, flush=True))
 
 
 def _kind_list(text: str) -> list[str]:
@@ -239,7 +269,22 @@ def _parser() -> argparse.ArgumentParser:
                     help="leave ClickHouse and PostgreSQL running on exit even if this command started them")
     lv.add_argument("--feed-for", dest="feed_duration", type=_duration, default=None, metavar="DURATION",
                     help="the feed stops after this long while the rest keeps running (default: it runs until the end)")
+    lv.add_argument("--metrics-port", type=int, default=9464, help="the metrics exporter's port on 127.0.0.1 (default: 9464)")
+    lv.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus on 127.0.0.1 (default: 9090)")
+    lv.add_argument("--alertmanager-port", type=int, default=9093, help="Alertmanager on 127.0.0.1 (default: 9093)")
+    lv.add_argument("--no-monitoring", action="store_true", help="run neither the exporter nor Prometheus nor Alertmanager")
     lv.set_defaults(handler=_live)
+
+    mt = sub.add_parser(
+        "metrics", help="serve the lake's metrics in the Prometheus format (hot-tier lag, assets, checks, runs, tables)",
+        description="`k2 metrics serve`: every scrape reads the hot tier, the Iceberg catalog, PostgreSQL, the Dagster "
+        "instance and the live system's processes again. Alert thresholds come from K2_ALERT_LAG, K2_ALERT_STALE and "
+        "K2_ALERT_MAINTENANCE (durations) and are served as k2_alert_threshold_seconds.",
+    )
+    mt.add_argument("action", choices=["serve"])
+    mt.add_argument("--port", type=int, default=9464, help="port (default: 9464)")
+    mt.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 only inside a container)")
+    mt.set_defaults(handler=_metrics)
 
     b = sub.add_parser(
         "bench", help="throughput and peak memory against naive baselines, on a private bench corner",
@@ -286,6 +331,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--exec-runs", action="store_true",
                    help="start every k2 run as a new interpreter instead of forking it from a warm server (slower)")
     c.set_defaults(handler=_chaos)
+
+    s = sub.add_parser(
+        "soak", help="run the live system with its feed for a long while, then write a report (Markdown + PNG plots)",
+        description="Runs `k2 live` (services, history, feed, Dagster webserver and daemon with sensors on) for --for, "
+        "samples bronze lag, process memory, the PostgreSQL event log and Iceberg file/snapshot/metadata counts every "
+        "--interval, runs `k2 maintain` every --maintain-every, then stops the feed, waits for every layer to catch up "
+        "and runs `k2 verify`. Writes report.md, lag.png, rss.png, growth.png and samples.jsonl to --report; exit 1 "
+        "unless every layer verified exact.",
+    )
+    s.add_argument("--for", dest="duration", required=True, help="how long the feed runs: 5m, 2h, ...")
+    s.add_argument("--report", type=Path, required=True, help="directory for the report, e.g. docs/soak/2026-11-27")
+    s.add_argument("--interval", default="30s", help="sampling interval (default: 30s)")
+    s.add_argument("--rate", type=float, default=100.0, help="trades per second per exchange (default: 100)")
+    s.add_argument("--history-days", type=int, default=1, help="days of history seeded first (default: 1)")
+    s.add_argument("--history-rows", type=int, default=100_000, help="trades per exchange per history day (default: 100000)")
+    s.add_argument("--catch-up", default="10m", help="after the feed stops, how long every layer may take to be exact (default: 10m)")
+    s.add_argument("--maintain-every", default="30m", help="run `k2 maintain` this often; 0 never (default: 30m)")
+    s.add_argument("--maintain-older-than", default="15m", help="its --older-than (default: 15m)")
+    s.add_argument("--port", type=int, default=3000, help="the Dagster UI's port (default: 3000)")
+    s.add_argument("--live-arg", action="append", default=[], help="one more argument for `k2 live` (repeatable), "
+                   "e.g. --live-arg=--metrics-port=9465")
+    s.set_defaults(handler=_soak)
     return p
 
 

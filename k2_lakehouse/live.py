@@ -30,11 +30,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from k2_lakehouse.core import services
 from k2_lakehouse.core.errors import ConfigError, ServiceError
+from k2_lakehouse.core.monitoring import Monitoring
 from k2_lakehouse.core.settings import Settings, parse_duration as settings_duration
 
 Log = Callable[[str], None]
@@ -57,6 +58,8 @@ class LiveOptions:
     duration: float | None = None  # seconds after the system is up; None: until a signal
     feed_duration: float | None = None  # the feed stops by itself after this long (the rest keeps running)
     keep_services: bool = False
+    # The metrics exporter, Prometheus and Alertmanager (ports, intervals); None runs none of the three.
+    monitoring: Monitoring | None = field(default_factory=Monitoring)
 
 
 def live_dir(settings: Settings) -> Path:
@@ -148,8 +151,9 @@ def run(settings: Settings, options: LiveOptions, *, log: Log = print) -> int:
     if options.rate <= 0:
         raise ConfigError(f"rate must be > 0 trades per second, got {options.rate}")
     _refuse_if_running(settings)
-    if not _port_free(options.port):
-        raise ServiceError(f"port {options.port} on 127.0.0.1 is taken by another process; choose another with --port")
+    for port, flag in _ports(options):
+        if not _port_free(port):
+            raise ServiceError(f"port {port} on 127.0.0.1 is taken by another process; choose another with {flag}")
     programs = _programs(settings, options)
     log = _never_failing(log)
 
@@ -174,8 +178,10 @@ def run(settings: Settings, options: LiveOptions, *, log: Log = print) -> int:
     try:
         try:
             started_services = not any(s.running for s in services.status(settings))
-            services.up(settings, log=log)
+            services.up(settings, log=log)  # installs Debian's prometheus and prometheus-alertmanager too
             os.environ.update(settings.exports())  # the same instance, lake and hot tier for every child
+            if options.monitoring:
+                programs.update(_monitoring_programs(settings, options.monitoring))
             seed_history(settings, options.history_days, options.history_rows, progress=sys.stderr.isatty(), log=log)
             settings = dataclasses.replace(settings, first_day=first_day(settings, options.history_days))
             os.environ.update(settings.exports())  # K2_FIRST_DAY: the partitions start where the data does
@@ -234,6 +240,12 @@ def _never_failing(log: Log) -> Log:
     return safe
 
 
+def _ports(options: LiveOptions) -> list[tuple[int, str]]:
+    m = options.monitoring
+    return [(options.port, "--port"), *([(m.metrics_port, "--metrics-port"), (m.prometheus_port, "--prometheus-port"),
+                                         (m.alertmanager_port, "--alertmanager-port")] if m else [])]
+
+
 def _programs(settings: Settings, options: LiveOptions) -> dict[str, list[str]]:
     bindir = Path(sys.executable).parent
     tools = {}
@@ -247,6 +259,21 @@ def _programs(settings: Settings, options: LiveOptions) -> dict[str, list[str]]:
                  *(["--duration", f"{options.feed_duration:g}"] if options.feed_duration else [])],
         "webserver": [tools["dagster-webserver"], "-h", "127.0.0.1", "-p", str(options.port), "-w", str(WORKSPACE)],
         "daemon": [tools["dagster-daemon"], "run", "-w", str(WORKSPACE)],
+    }
+
+
+def _monitoring_programs(settings: Settings, m: Monitoring) -> dict[str, list[str]]:
+    from k2_lakehouse.core import monitoring
+
+    for binary in (monitoring.PROMETHEUS, monitoring.ALERTMANAGER):
+        if not binary.exists():
+            raise ConfigError(f"{binary} not found: install Debian's prometheus and prometheus-alertmanager "
+                              "(`k2 services up` does), or run without them (--no-monitoring)")
+    prom, am = monitoring.write_configs(m, settings.home)
+    return {
+        "metrics": [sys.executable, "-m", "k2_lakehouse.cli", "metrics", "serve", "--port", str(m.metrics_port)],
+        "prometheus": monitoring.prometheus_argv(m, prom, prom.parent / "data"),
+        "alertmanager": monitoring.alertmanager_argv(m, am, am.parent / "data"),
     }
 
 
@@ -296,7 +323,11 @@ def _announce(settings: Settings, options: LiveOptions, directory: Path, log: Lo
         "",
         f"K2 live system is up: Dagster UI at http://127.0.0.1:{options.port}",
         f"  feed:      {options.rate:g} trades/s per exchange into the hot tier ({settings.clickhouse.host}:{settings.clickhouse.port})",
-        f"  logs:      {directory}/feed.log, webserver.log, daemon.log",
+        *([f"  metrics:   http://127.0.0.1:{m.metrics_port}/metrics (k2 metrics serve)",
+           f"  alerts:    Prometheus http://127.0.0.1:{m.prometheus_port}/alerts, Alertmanager http://127.0.0.1:{m.alertmanager_port}"
+           + ("" if os.environ.get("K2_ALERT_WEBHOOK_URL") else " (K2_ALERT_WEBHOOK_URL unset: delivered nowhere else)")]
+          if (m := options.monitoring) else []),
+        f"  logs:      {directory}/*.log",
         f"  pids:      {pid_file(settings)}",
         "  stop:      Ctrl-C here (or `k2 services down` from another shell)"
         + (f"; stops by itself after {options.duration:g} s" if options.duration is not None else ""),
@@ -356,6 +387,7 @@ def _write_record(settings: Settings, token: str, port: int, children: dict[str,
         "port": port,
         "groups": {name: p.pid for name, p in children.items()},  # each child leads its own group
         "started_services": started_services,
+        "first_day": settings.first_day.isoformat(),  # the partitions its processes agree on (`running_first_day`)
     }
     path = pid_file(settings)
     tmp = path.with_suffix(".tmp")
@@ -405,6 +437,43 @@ def _refuse_if_running(settings: Settings) -> None:
 
 def _groups(record: dict) -> dict[str, int]:
     return {str(k): v for k, v in record.get("groups", {}).items() if isinstance(v, int) and v > 1}
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+def running_first_day(settings: Settings) -> dt.date:
+    """The first daily partition of the live system running for this K2_HOME (it may have moved K2_FIRST_DAY
+    to where the data starts), else the configured one: hot days before it are outside every partition."""
+    record = _read_record(settings) or {}
+    try:
+        return dt.date.fromisoformat(record["first_day"])
+    except (KeyError, TypeError, ValueError):
+        return settings.first_day
+
+
+def process_rss(settings: Settings) -> dict[str, int]:
+    """Resident memory (bytes) of each part of the running live system (feed, webserver, daemon, ...): the
+    process itself as `name`, and the rest of its group that carries the live system's id as `name children`
+    (the webserver's code server; the daemon's code server and the runs it launched). Empty when no live
+    system runs for this K2_HOME."""
+    record = _read_record(settings)
+    if record is None:
+        return {}
+    token = str(record.get("token", ""))
+    page = os.sysconf("SC_PAGE_SIZE")
+    groups = _groups(record)
+    totals = {key: 0 for name in groups for key in (name, f"{name} children")}
+    by_group = {pgid: name for name, pgid in groups.items()}
+    for pid, state, pgrp in _processes():
+        if pgrp in by_group and state != "Z" and _carries(pid, token):
+            try:
+                rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            except (OSError, IndexError, ValueError):
+                continue  # ended meanwhile
+            name = by_group[pgrp]
+            totals[name if pid == pgrp else f"{name} children"] += rss
+    return totals
 
 
 # -------------------------------------------------------------------------------------------- stop

@@ -52,7 +52,12 @@ _PACKAGES = {
     "postgresql-15": PG_BIN / "pg_ctl",
     "libpostgresql-jdbc-java": Path("/usr/share/java/postgresql.jar"),  # Spark's Iceberg JDBC catalog
     "openjdk-17-jre-headless": Path("/usr/bin/java"),  # Spark (K2_ENGINE=spark) runs on Java 17
+    "prometheus": Path("/usr/bin/prometheus"),  # `k2 live` scrapes the exporter and evaluates ops/prometheus/alerts.yml
+    "prometheus-alertmanager": Path("/usr/bin/prometheus-alertmanager"),  # and delivers alerts to K2_ALERT_WEBHOOK_URL
 }
+# Packages whose postinst starts a system-wide service on 0.0.0.0 (under systemd): K2 runs its own instances
+# on 127.0.0.1, so the system ones are stopped and disabled right after installing.
+_SYSTEM_UNITS = ("prometheus.service", "prometheus-alertmanager.service")
 _PORT_HINT = "set K2_CLICKHOUSE_PORT / K2_CLICKHOUSE_HTTP_PORT / K2_POSTGRES_PORT to free ports"
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 10.0
@@ -223,6 +228,8 @@ def ensure_packages(*, log: Log = print) -> None:
     still = missing_packages()
     if still:
         raise ServiceError(f"apt-get reported success but these are still missing: {', '.join(still)}")
+    if Path("/run/systemd/system").is_dir():
+        subprocess.run(["systemctl", "disable", "--now", *_SYSTEM_UNITS], capture_output=True, timeout=120)
 
 
 # --------------------------------------------------------------------------------------- ClickHouse
