@@ -3,7 +3,7 @@ and shared resources."""
 
 from dagster import Definitions, in_process_executor
 
-from k2_lakehouse.defs import automation, bronze, gold, hot, maintenance, silver
+from k2_lakehouse.defs import alerts, automation, bronze, gold, hot, maintenance, silver
 from k2_lakehouse.defs.resources import RESOURCES
 
 defs = Definitions.merge(
@@ -13,6 +13,7 @@ defs = Definitions.merge(
     gold.defs,
     automation.defs,
     maintenance.defs,
+    alerts.defs,
     # Steps run in the run's own process: a process per step would load the definitions again (~7 s each).
     Definitions(resources=RESOURCES, executor=in_process_executor),
 )

@@ -7,7 +7,7 @@ and the others are still served. Alert thresholds are served as metrics too (`k2
 so the rule file in the repository stays one static text that `promtool` checks, and an installation (or a
 test) moves a threshold through the environment.
 
-The metric names are the contract of `ops/prometheus/alerts.yml` and `ops/grafana/dashboards/k2.json`:
+The metric names are the contract of `ops/prometheus/alerts.yml` and `ops/grafana/dashboards/k2-lakehouse.json`:
 `METRICS` lists each with its help text, and a test scrapes a live exporter against it.
 """
 
@@ -74,7 +74,7 @@ METRICS: dict[str, str] = {
     "k2_asset_commit_conflicts_1h": "Iceberg commit or publish attempts beyond the first in the last hour (lost compare-and-swaps)",
     "k2_check_passed": "1 if the latest evaluation of the check passed, 0 if it failed (any partition)",
     "k2_check_last_evaluation_timestamp_seconds": "when the check was last evaluated",
-    "k2_job_runs_1h": "runs of the job updated in the last hour, by status",
+    "k2_job_runs_1h": "runs of the Dagster job (label dagster_job) updated in the last hour, by status",
     "k2_job_runs_in_flight": "runs of the job queued, starting or started",
     "k2_job_last_run_success": "1 if the job's newest finished run succeeded, else 0",
     "k2_job_last_run_duration_seconds": "duration of the job's newest finished run",
@@ -212,15 +212,15 @@ class LakeCollector(Collector):
             out.add("k2_check_last_evaluation_timestamp_seconds", c.at, **labels)
         for job in instance_state.job_runs(instance, window_s=WINDOW_S, now=now):
             for status, count in job.by_status.items():
-                out.add("k2_job_runs_1h", count, job=job.job, status=status)
-            out.add("k2_job_runs_in_flight", job.in_flight, job=job.job)
+                out.add("k2_job_runs_1h", count, dagster_job=job.job, status=status)
+            out.add("k2_job_runs_in_flight", job.in_flight, dagster_job=job.job)
             if job.last_status is not None:
-                out.add("k2_job_last_run_success", int(job.last_status == "SUCCESS"), job=job.job)
-                out.add("k2_job_consecutive_failures", job.consecutive_failures, job=job.job)
+                out.add("k2_job_last_run_success", int(job.last_status == "SUCCESS"), dagster_job=job.job)
+                out.add("k2_job_consecutive_failures", job.consecutive_failures, dagster_job=job.job)
             if job.last_duration_s is not None:
-                out.add("k2_job_last_run_duration_seconds", job.last_duration_s, job=job.job)
+                out.add("k2_job_last_run_duration_seconds", job.last_duration_s, dagster_job=job.job)
             if job.last_success_at is not None:
-                out.add("k2_job_last_success_timestamp_seconds", job.last_success_at, job=job.job)
+                out.add("k2_job_last_success_timestamp_seconds", job.last_success_at, dagster_job=job.job)
         maintained = instance_state.maintenance_at(instance, [AssetKey(t.table.split(".")) for t in getattr(self, "_tables", [])])
         for t in getattr(self, "_tables", []):
             asset = "/".join(t.table.split("."))

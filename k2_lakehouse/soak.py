@@ -19,6 +19,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -46,9 +47,43 @@ class SoakOptions:
     live_args: tuple[str, ...] = ()  # more `k2 live` arguments (other monitoring ports, --no-monitoring)
 
 
+class WebhookReceiver:
+    """A webhook on 127.0.0.1 keeping every JSON body posted to it (Alertmanager's and the Dagster sensors'):
+    the soak listens for alerts itself when K2_ALERT_WEBHOOK_URL is not set."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies: list[dict] = []
+        self.bodies = bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                bodies.append({"received_at": time.time(), **body})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, name: str) -> list[dict]:
+        """Alertmanager's alerts of that name, in the order they arrived."""
+        return [a for body in list(self.bodies) for a in body.get("alerts", []) if a.get("labels", {}).get("alertname") == name]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def run(settings: Settings, options: SoakOptions, *, log: Log = print) -> int:
     """0 when every layer verified exact at the end, 1 otherwise (the report is written either way)."""
     options.report_dir.mkdir(parents=True, exist_ok=True)
+    receiver = None if os.environ.get("K2_ALERT_WEBHOOK_URL") else WebhookReceiver()
     samples_path = options.report_dir / "samples.jsonl"
     samples_path.unlink(missing_ok=True)
     live_log = options.report_dir / "live.log"
@@ -58,7 +93,8 @@ def run(settings: Settings, options: SoakOptions, *, log: Log = print) -> int:
     started = time.time()
     with open(live_log, "w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **settings.exports(), "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, **settings.exports(), "PYTHONUNBUFFERED": "1",
+                                     **({"K2_ALERT_WEBHOOK_URL": receiver.url} if receiver else {})})
     maintenance: list[dict] = []
     verification: dict = {"ran": False}
     try:
@@ -86,8 +122,13 @@ def run(settings: Settings, options: SoakOptions, *, log: Log = print) -> int:
             log(f"soak: could not read runs and checks from the Dagster instance: {exc}")
             dagster = {}
         _stop(proc, log)
+        if receiver:
+            receiver.close()
     records = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
-    write_report(options, records, maintenance, verification, dagster, started=started, ended=ended)
+    alerts = receiver.bodies if receiver else None
+    if alerts is not None:
+        (options.report_dir / "alerts.jsonl").write_text("".join(json.dumps(b) + "\n" for b in alerts))
+    write_report(options, records, maintenance, verification, dagster, started=started, ended=ended, alerts=alerts)
     log(f"soak: report in {options.report_dir / 'report.md'}")
     return 0 if verification.get("exact") else 1
 
@@ -225,7 +266,7 @@ def per_hour(records: list[dict], value) -> float:
 
 
 def write_report(options: SoakOptions, records: list[dict], maintenance: list[dict], verification: dict, dagster: dict,
-                 *, started: float, ended: float) -> Path:
+                 *, started: float, ended: float, alerts: list[dict] | None = None) -> Path:
     feed = [r for r in records if r["phase"] == "feed"]
     lags = [max(r["lag_s"].values(), default=0.0) for r in feed]
     processes = sorted({p for r in records for p in r["rss"]})
@@ -304,6 +345,12 @@ def write_report(options: SoakOptions, records: list[dict], maintenance: list[di
         "|---|---|---|",
         *(f"| {k} | {p} | {f} |" for k, (p, f) in dagster.get("checks", {}).items()),
         "",
+        "## Alerts received",
+        "",
+        *(["- not recorded (K2_ALERT_WEBHOOK_URL pointed elsewhere)"] if alerts is None else
+          [f"- {dt.datetime.fromtimestamp(b['received_at'], dt.timezone.utc):%H:%M:%S}: " + _describe_alert(b) for b in alerts]
+          or ["- none: no Prometheus alert fired and no Dagster run or check failed"]),
+        "",
         "## Maintenance",
         "",
         *([f"- {dt.datetime.fromtimestamp(m['t'], dt.timezone.utc):%H:%M:%S}: `k2 maintain --older-than {options.maintain_older_than}` "
@@ -319,6 +366,13 @@ def write_report(options: SoakOptions, records: list[dict], maintenance: list[di
     path = options.report_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _describe_alert(body: dict) -> str:
+    if "alerts" in body:  # Alertmanager
+        return "; ".join(f"Alertmanager {a.get('status')} {a.get('labels', {}).get('alertname')} "
+                         f"({a.get('annotations', {}).get('summary', '')})" for a in body["alerts"])
+    return f"Dagster {body.get('kind')}: {body.get('asset') or body.get('job')} {body.get('check') or ''} {body.get('partition') or ''}".rstrip()
 
 
 def _bytes(n: float) -> str:

@@ -8,11 +8,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from dagster import DagsterInstance
 from prometheus_client.parser import text_string_to_metric_families
 
 from k2_lakehouse import metrics, runner
+from k2_lakehouse.soak import WebhookReceiver
 from k2_lakehouse.core import feed, monitoring
 from k2_lakehouse.core.contracts import TABLES
 from k2_lakehouse.core.settings import Settings
@@ -66,7 +65,7 @@ def test_a_stalled_offload_fires_the_lag_alert_through_prometheus_and_alertmanag
     rows = runner.run("*", [day.isoformat()], DagsterInstance.get())
     assert all(r.success for r in rows), runner.format_rows(rows)
 
-    receiver = _Receiver()
+    receiver = WebhookReceiver()
     m = monitoring.Monitoring(*free_ports(3), scrape_interval="2s", group_wait="1s")
     prom_cfg, am_cfg = monitoring.write_configs(m, tmp_path, env={monitoring.WEBHOOK_VAR: receiver.url})
     env = {**os.environ, **lake.env, "K2_ALERT_LAG": f"{LAG_THRESHOLD_S}s"}
@@ -96,8 +95,9 @@ def test_a_stalled_offload_fires_the_lag_alert_through_prometheus_and_alertmanag
         # The feed goes on while nothing offloads: the lag alert must reach the webhook.
         stalled_at = time.time()
         feed.seed(lake.settings, day, 500, seed=4, progress=False)
-        fired = _wait(lambda: receiver.alert("K2ColdTierBehind"), 240, lambda: (tmp_path / "alertmanager.log").read_text()[-3000:])
+        fired = _wait(lambda: receiver.alerts("K2ColdTierBehind"), 240, lambda: (tmp_path / "alertmanager.log").read_text()[-3000:])
         delivered_after = time.time() - stalled_at
+        fired = fired[0]
         assert fired["status"] == "firing" and fired["labels"]["table"].startswith("bronze_trades_")
         assert fired["annotations"]["summary"].startswith(fired["labels"]["table"])
         lag = max(_query(prometheus, "k2_bronze_lag_seconds"))
@@ -147,33 +147,3 @@ def _wait(condition, seconds: float, context=lambda: ""):
             return found
         time.sleep(1)
     raise AssertionError(f"not within {seconds:.0f} s:\n{context()}")
-
-
-class _Receiver:
-    """A webhook on 127.0.0.1 that keeps every JSON body posted to it."""
-
-    def __init__(self) -> None:
-        bodies = self.bodies = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def alert(self, name: str) -> dict | None:
-        for body in list(self.bodies):
-            for alert in body.get("alerts", []):
-                if alert["labels"].get("alertname") == name:
-                    return alert
-        return None
-
-    def close(self) -> None:
-        self.server.shutdown()

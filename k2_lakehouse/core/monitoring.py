@@ -54,7 +54,7 @@ def alertmanager_config(m: Monitoring, webhook_url: str | None) -> str:
     if webhook_url:
         receiver["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]
     return yaml.safe_dump({
-        "route": {"receiver": "k2", "group_by": ["alertname", "table", "asset", "job"], "group_wait": m.group_wait,
+        "route": {"receiver": "k2", "group_by": ["alertname"], "group_wait": m.group_wait,
                   "group_interval": "1m", "repeat_interval": "4h"},
         "receivers": [receiver],
     }, sort_keys=False)
