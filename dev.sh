@@ -13,10 +13,14 @@ setup() {
   python3 -m uv pip install --quiet --python .venv/bin/python -e '.[test]'
   # The UI test drives Debian's chromium through playwright (never `playwright install`): ~80 s, once.
   # docker-compose (1.29, without the Docker engine it recommends) validates docker-compose.yml in a test.
-  if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/docker-compose ]; } && command -v apt-get >/dev/null 2>&1; then
+  # Prometheus, Alertmanager, promtool and amtool: the monitoring tests and `k2 live` (`k2 services up` installs
+  # them too); a systemd host would start the packaged units on 0.0.0.0, so they are disabled (K2 runs its own).
+  if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/docker-compose ] || [ ! -x /usr/bin/promtool ] \
+       || [ ! -x /usr/bin/prometheus-alertmanager ]; } && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose prometheus prometheus-alertmanager >/dev/null
+    if [ -d /run/systemd/system ]; then systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true; fi
   fi
 }
 

@@ -154,7 +154,7 @@ def _metrics(settings: Settings, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"k2 metrics: serving http://{args.host}:{args.port}/metrics", flush=True)
     try:
-        metrics.serve(settings, args.port, host=args.host)
+        metrics.serve(settings, args.port, host=args.host, refresh_s=args.refresh)
     except KeyboardInterrupt:
         pass
     return 0
@@ -284,6 +284,8 @@ def _parser() -> argparse.ArgumentParser:
     mt.add_argument("action", choices=["serve"])
     mt.add_argument("--port", type=int, default=9464, help="port (default: 9464)")
     mt.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 only inside a container)")
+    mt.add_argument("--refresh", type=_duration, default=os.environ.get("K2_METRICS_REFRESH") or "10s",
+                    help="how often the sources are read; scrapes get the latest reading (default: K2_METRICS_REFRESH or 10s)")
     mt.set_defaults(handler=_metrics)
 
     b = sub.add_parser(

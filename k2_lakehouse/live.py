@@ -473,7 +473,7 @@ def process_rss(settings: Settings) -> dict[str, int]:
                 continue  # ended meanwhile
             name = by_group[pgrp]
             totals[name if pid == pgrp else f"{name} children"] += rss
-    return totals
+    return {key: rss for key, rss in totals.items() if rss or key in groups}  # no "children" entry for none
 
 
 # -------------------------------------------------------------------------------------------- stop

@@ -13,6 +13,7 @@ The metric names are the contract of `ops/prometheus/alerts.yml` and `ops/grafan
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -30,6 +31,7 @@ from k2_lakehouse.core.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9464
+DEFAULT_REFRESH_S = 10.0  # K2_METRICS_REFRESH: how often the exporter reads the sources
 WINDOW_S = 3600.0  # the window of the *_1h metrics
 
 
@@ -58,7 +60,8 @@ class Thresholds:
 
 METRICS: dict[str, str] = {
     "k2_source_up": "1 if the last scrape could read the source (hot_tier, iceberg, postgres, dagster, processes), else 0",
-    "k2_scrape_duration_seconds": "time this scrape took to read every source",
+    "k2_scrape_duration_seconds": "time the last reading of every source took",
+    "k2_reading_age_seconds": "seconds since the sources were last read (every K2_METRICS_REFRESH)",
     "k2_alert_threshold_seconds": "threshold of an alert rule, from the environment (K2_ALERT_*)",
     "k2_hot_high_offset": "the hot tier's highest feed offset, per hot table, trade day and feed partition",
     "k2_bronze_watermark_offset": "the highest feed offset bronze holds (its Iceberg watermark), per hot table, day and partition",
@@ -109,20 +112,55 @@ class _Families:
 
 
 class LakeCollector(Collector):
-    """Reads every source on each scrape; one scrape at a time (a second waits and gets its own reading)."""
+    """Reads every source and serves the reading.
 
-    def __init__(self, settings: Settings, thresholds: Thresholds | None = None, *, dagster: bool = True) -> None:
+    With `refresh_s`, a background thread (`start`) reads every `refresh_s` seconds and a scrape returns the
+    latest reading at once: scrapes never time out on a busy machine, and the sources are read at one pace
+    however many scrapers there are. Without it (tests, one-off use) each scrape reads the sources itself.
+    """
+
+    def __init__(self, settings: Settings, thresholds: Thresholds | None = None, *, dagster: bool = True,
+                 refresh_s: float | None = None) -> None:
         self.settings = settings
         self.thresholds = thresholds or Thresholds.from_env()
+        self.refresh_s = refresh_s
         self._dagster = dagster
         self._instance = None
         self._graph = None
         self._lock = threading.Lock()
+        self._latest: tuple[float, list[GaugeMetricFamily]] | None = None  # (read at, families)
+        # The Iceberg source's reading of this scrape: the dagster source joins it with the maintenance record.
+        self._tables: list[observe.TableStats] = []
 
     def describe(self):  # no describe-time scrape: registering must not read the sources
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.refresh_s is None:
+            yield from self.read()
+            return
+        latest = self._latest
+        if latest is None:  # the first reading is still being taken
+            return
+        read_at, families = latest
+        age = GaugeMetricFamily("k2_reading_age_seconds", METRICS["k2_reading_age_seconds"])
+        age.add_metric([], time.time() - read_at)
+        yield from [*families, age]
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        """Read now and every `refresh_s` seconds until `stop` is set."""
+
+        def loop() -> None:
+            while not stop.is_set():
+                read_at = time.time()
+                self._latest = (read_at, self.read())
+                stop.wait(max(0.0, self.refresh_s - (time.time() - read_at)))
+
+        thread = threading.Thread(target=loop, name="k2-metrics-reader", daemon=True)
+        thread.start()
+        return thread
+
+    def read(self) -> list[GaugeMetricFamily]:
         with self._lock:
             began = time.perf_counter()
             out = _Families()
@@ -144,7 +182,7 @@ class LakeCollector(Collector):
                     up = 0
                 out.add("k2_source_up", up, source=source)
             out.add("k2_scrape_duration_seconds", time.perf_counter() - began)
-            yield from out.families.values()
+            return list(out.families.values())
 
     # -- the sources -------------------------------------------------------------------------------
 
@@ -160,6 +198,7 @@ class LakeCollector(Collector):
             out.add("k2_bronze_lag_seconds", lag.seconds_behind, table=lag.table, day=day)
 
     def _iceberg(self, out: _Families, now: float) -> None:
+        self._tables = []  # stays empty if the read fails: no maintenance age from a stale reading
         self._tables = observe.table_stats(self.settings, now=now)
         for t in self._tables:
             labels = {"table": t.table, "layer": t.layer}
@@ -181,9 +220,11 @@ class LakeCollector(Collector):
     def _processes(self, out: _Families, now: float) -> None:
         from k2_lakehouse import live
 
-        for name, rss in live.process_rss(self.settings).items():
+        parts = live.process_rss(self.settings)
+        for name, rss in parts.items():
             out.add("k2_process_resident_memory_bytes", rss, process=name)
-        out.add("k2_process_resident_memory_bytes", _own_rss(), process="exporter")
+        if "metrics" not in parts:  # an exporter outside `k2 live` reports itself
+            out.add("k2_process_resident_memory_bytes", _own_rss(), process="exporter")
 
     def _dagster_state(self, out: _Families, now: float) -> None:
         from dagster import AssetKey
@@ -221,8 +262,8 @@ class LakeCollector(Collector):
                 out.add("k2_job_last_run_duration_seconds", job.last_duration_s, dagster_job=job.job)
             if job.last_success_at is not None:
                 out.add("k2_job_last_success_timestamp_seconds", job.last_success_at, dagster_job=job.job)
-        maintained = instance_state.maintenance_at(instance, [AssetKey(t.table.split(".")) for t in getattr(self, "_tables", [])])
-        for t in getattr(self, "_tables", []):
+        maintained = instance_state.maintenance_at(instance, [AssetKey(t.table.split(".")) for t in self._tables])
+        for t in self._tables:
             asset = "/".join(t.table.split("."))
             since = maintained.get(asset)
             age = now - since if since is not None else t.oldest_snapshot_age_s
@@ -245,21 +286,78 @@ def _own_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def registry(settings: Settings, thresholds: Thresholds | None = None, *, dagster: bool = True) -> CollectorRegistry:
+def registry(settings: Settings, thresholds: Thresholds | None = None, *, dagster: bool = True,
+             collector: LakeCollector | None = None) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(LakeCollector(settings, thresholds, dagster=dagster))
+    reg.register(collector or LakeCollector(settings, thresholds, dagster=dagster))
     return reg
 
 
-def serve(settings: Settings, port: int = DEFAULT_PORT, *, host: str = "127.0.0.1", stop: threading.Event | None = None) -> None:
-    """Serve /metrics until `stop` is set (or forever)."""
-    from prometheus_client import start_http_server
+RELAY_PATH = "/alertmanager"  # Alertmanager posts here; the exporter forwards to K2_ALERT_WEBHOOK_URL
+
+
+def app(settings: Settings, reg: CollectorRegistry, webhook_url: str | None):
+    """/metrics, and the relay through which Alertmanager reaches the webhook.
+
+    Alertmanager never sees the webhook URL (it may carry a token): Debian's 0.25 prints a webhook URL in its
+    log when a post fails and serves its whole configuration on /api/v2/status. It posts to this relay, which
+    forwards the body and answers 502 when the webhook does not take it, so Alertmanager retries.
+    """
+    from prometheus_client import make_wsgi_app
+
+    from k2_lakehouse.core import alerting
+
+    metrics_app = make_wsgi_app(reg)
+
+    def dispatch(environ, start_response):
+        if environ.get("PATH_INFO") != RELAY_PATH:
+            return metrics_app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":
+            start_response("405 Method Not Allowed", [("Allow", "POST")])
+            return [b""]
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        try:
+            payload = json.loads(body or b"{}")
+            if not webhook_url:
+                raise alerting.AlertDeliveryError(f"{alerting.WEBHOOK_VARIABLE} is not set")
+            alerting.post_json(webhook_url, payload)
+        except (ValueError, alerting.AlertDeliveryError) as exc:  # the texts never hold the URL
+            log.warning("relaying an Alertmanager notification failed: %s", exc)
+            start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
+            return [str(exc).encode()]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"relayed\n"]
+
+    return dispatch
+
+
+def serve(settings: Settings, port: int = DEFAULT_PORT, *, host: str = "127.0.0.1", stop: threading.Event | None = None,
+          refresh_s: float = DEFAULT_REFRESH_S) -> None:
+    """Serve /metrics (and the alert relay) until `stop` is set (or forever), reading every `refresh_s`."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    from k2_lakehouse.core import alerting
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args) -> None:  # one line per scrape would drown the log
+            pass
 
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)  # the instance of these settings, in this process
-    server, thread = start_http_server(port, addr=host, registry=registry(settings))
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    webhook = os.environ.get(alerting.WEBHOOK_VARIABLE, "").strip() or None
+    stop = stop or threading.Event()
+    collector = LakeCollector(settings, refresh_s=refresh_s)
+    server = make_server(host, port, app(settings, registry(settings, collector=collector), webhook), ThreadingWSGIServer,
+                         handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    reader = collector.start(stop)
+    log.info("metrics on http://%s:%d/metrics, sources read every %g s", host, port, refresh_s)
     try:
-        (stop or threading.Event()).wait()
+        stop.wait()
     finally:
+        stop.set()
         server.shutdown()
         thread.join(timeout=5)
+        reader.join(timeout=30)

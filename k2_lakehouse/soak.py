@@ -100,19 +100,25 @@ def run(settings: Settings, options: SoakOptions, *, log: Log = print) -> int:
     try:
         _wait_for_ui(proc, options.port, live_log)
         up_at = time.time()
-        log(f"soak: live system up after {up_at - started:.0f} s; feeding for {options.duration_s:g} s, sampling every {options.interval_s:g} s")
-        feed_end = up_at + options.duration_s
+        log(f"soak: live system up after {up_at - started:.0f} s; the feed runs {options.duration_s:g} s from its start, "
+            f"sampling every {options.interval_s:g} s")
         next_maintenance = up_at + options.maintain_every_s if options.maintain_every_s else None
         with open(samples_path, "a") as samples:
-            while time.time() < feed_end:
+            # The feed phase lasts while the feed process lives (`--feed-for` counts from its start, before the UI
+            # answered); a feed that outlives its time by far is a failure of the live system, not of the soak.
+            while time.time() < up_at + options.duration_s + 300:
                 _check_alive(proc, live_log)
-                samples.write(json.dumps(sample(settings, phase="feed")) + "\n")
+                taken = time.time()
+                now = sample(settings, phase="feed")
+                if not now["rss"].get("feed"):
+                    break
+                samples.write(json.dumps(now) + "\n")
                 samples.flush()
                 if next_maintenance is not None and time.time() >= next_maintenance:
                     maintenance.append(_maintain(settings, options.maintain_older_than, log))
                     next_maintenance += options.maintain_every_s
-                time.sleep(max(0.0, min(options.interval_s, feed_end - time.time())))
-            log("soak: feed time over; waiting for every layer to catch up")
+                time.sleep(max(0.0, options.interval_s - (time.time() - taken)))  # a sample every interval
+            log("soak: the feed stopped; waiting for every layer to catch up")
             verification = _catch_up(settings, options, proc, live_log, samples, log)
     finally:
         ended = time.time()

@@ -48,11 +48,12 @@ def _left_in(groups: set[int]) -> list[psutil.Process]:
 
 
 def test_live_serves_the_ui_then_stops_everything_it_started(lake: Lake, capsys: pytest.CaptureFixture[str]) -> None:
-    port = free_ports(1)[0]
+    port, metrics_port, prometheus_port, alertmanager_port = free_ports(4)
     day = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     proc = subprocess.Popen(
         [sys.executable, "-m", "k2_lakehouse.cli", "live", "--for", "5s", "--history-days", "1",
-         "--history-rows", "20000", "--port", str(port), "--rate", "50"],
+         "--history-rows", "20000", "--port", str(port), "--rate", "50", "--metrics-port", str(metrics_port),
+         "--prometheus-port", str(prometheus_port), "--alertmanager-port", str(alertmanager_port)],
         cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     output: list[str] = []
@@ -85,10 +86,13 @@ def test_live_serves_the_ui_then_stops_everything_it_started(lake: Lake, capsys:
     assert f"Dagster UI at http://127.0.0.1:{port}" in log
     assert (ipaddress.ip_address("127.0.0.1"), port) in listening, listening
     assert all(address.is_loopback and address.version == 4 for address, _ in listening), listening
+    # The exporter, Prometheus and Alertmanager too (Alertmanager's cluster port, 0.0.0.0:9094 by default, is off).
+    loopback = ipaddress.ip_address("127.0.0.1")
+    assert {(loopback, p) for p in (metrics_port, prometheus_port, alertmanager_port)} <= set(listening), listening
     assert refused == 2 and "a live system is already running" in refused_err, refused_err
 
     # Every process of the three groups is gone, and so is the pid file.
-    assert record is not None and set(record["groups"]) == {"feed", "webserver", "daemon"}
+    assert record is not None and set(record["groups"]) == {"feed", "webserver", "daemon", "metrics", "prometheus", "alertmanager"}
     assert _left_in(set(record["groups"].values())) == []
     assert not live.pid_file(lake.settings).exists()
     assert "no process of theirs is left" in log

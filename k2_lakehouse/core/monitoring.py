@@ -3,9 +3,9 @@ runs beside the metrics exporter: their configuration and command lines. Both li
 Alertmanager's cluster listener (0.0.0.0:9094 by default) is switched off.
 
 The alert rules are the repository's `ops/prometheus/alerts.yml`, used as they are (the compose stack mounts
-the same file). The webhook URL (`K2_ALERT_WEBHOOK_URL`, which may carry a token) is written only into
-Alertmanager's own configuration file, mode 0600, and never printed; without it alerts stay visible in
-Alertmanager's UI and API and go nowhere else.
+the same file). Alertmanager delivers through the exporter's relay (`metrics.app`), so the webhook URL
+(`K2_ALERT_WEBHOOK_URL`, which may carry a token) stays in the K2 processes' environment; without it alerts
+stay visible in Alertmanager's UI and API and go nowhere else.
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ def prometheus_config(m: Monitoring, rules: Path = ALERT_RULES) -> str:
 
 
 def alertmanager_config(m: Monitoring, webhook_url: str | None) -> str:
+    """Alertmanager posts to the exporter's relay, which forwards to the webhook: the URL itself (it may carry a
+    token) never reaches Alertmanager, whose 0.25 logs it when a post fails and serves it on /api/v2/status."""
     receiver: dict = {"name": "k2"}
     if webhook_url:
-        receiver["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]
+        receiver["webhook_configs"] = [{"url": f"http://127.0.0.1:{m.metrics_port}/alertmanager", "send_resolved": True}]
     return yaml.safe_dump({
         "route": {"receiver": "k2", "group_by": ["alertname"], "group_wait": m.group_wait,
                   "group_interval": "1m", "repeat_interval": "4h"},
@@ -69,10 +71,7 @@ def write_configs(m: Monitoring, home: Path, env: dict[str, str] | None = None) 
     prom = prom_dir / "prometheus.yml"
     prom.write_text(prometheus_config(m))
     am = am_dir / "alertmanager.yml"
-    fd = os.open(am, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold the webhook's token
-    with os.fdopen(fd, "w") as f:
-        f.write(alertmanager_config(m, env.get(WEBHOOK_VAR) or None))
-    os.chmod(am, 0o600)
+    am.write_text(alertmanager_config(m, env.get(WEBHOOK_VAR) or None))
     return prom, am
 
 
