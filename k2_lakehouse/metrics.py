@@ -94,6 +94,8 @@ METRICS: dict[str, str] = {
     "k2_postgres_event_log_bytes": "size of Dagster's event log in PostgreSQL, indexes included",
     "k2_postgres_event_log_rows": "rows of Dagster's event log (the planner's estimate)",
     "k2_postgres_database_bytes": "size of each PostgreSQL database",
+    "k2_disk_free_bytes": "free bytes on the filesystem of K2_HOME (path=home) and of a file:// warehouse (path=warehouse)",
+    "k2_disk_size_bytes": "size of that filesystem",
 }
 
 
@@ -170,6 +172,7 @@ class LakeCollector(Collector):
                 out.add("k2_alert_threshold_seconds", value, alert=alert)
             sources: list[tuple[str, Callable[[_Families, float], None]]] = [
                 ("hot_tier", self._hot_tier), ("iceberg", self._iceberg), ("postgres", self._postgres), ("processes", self._processes),
+                ("disk", self._disk),
             ]
             if self._dagster:
                 sources.append(("dagster", self._dagster_state))
@@ -216,6 +219,11 @@ class LakeCollector(Collector):
         out.add("k2_postgres_event_log_rows", sizes.event_log_rows)
         for database, size in sizes.database_bytes.items():
             out.add("k2_postgres_database_bytes", size, database=database)
+
+    def _disk(self, out: _Families, now: float) -> None:
+        for path, (free, size) in observe.disk_usage(self.settings).items():
+            out.add("k2_disk_free_bytes", free, path=path)
+            out.add("k2_disk_size_bytes", size, path=path)
 
     def _processes(self, out: _Families, now: float) -> None:
         from k2_lakehouse import live

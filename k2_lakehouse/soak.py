@@ -156,6 +156,7 @@ def sample(settings: Settings, *, phase: str) -> dict:
         "rows_behind": {table: sum(x.rows_behind for x in lags if x.table == table) for table in {x.table for x in lags}},
         "hot_rows": sum(sum(o + 1 for o in x.high.values()) for x in lags),
         "rss": live.process_rss(settings),
+        "disk_free": {path: free for path, (free, _) in observe.disk_usage(settings).items()},
         "event_log_bytes": pg.event_log_bytes, "event_log_rows": pg.event_log_rows, "database_bytes": pg.database_bytes,
         "layers": layers,
     }

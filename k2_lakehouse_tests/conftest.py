@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,9 @@ def shared_services() -> Iterator[Settings]:
         yield settings
     finally:
         services.down(settings, log=lambda _: None)
+        # 1-2 GB a session: left behind, a few dozen runs filled this machine's disk and killed a soak.
+        if not os.environ.get("K2_KEEP_TEST_DATA"):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -232,6 +232,10 @@ def test_least_privilege_users_and_roles(stack: dict[str, Any]) -> None:
 
     with_writer = {name for name, service in stack.items() if "K2_CLICKHOUSE_WRITER_URL" in (service.get("environment") or {})}
     assert with_writer == {"hot-tier-init", "code-location"}
+    # The webhook URL (it may carry a token): the code location's alert sensors and the exporter's relay only;
+    # Alertmanager posts to that relay and never holds the URL.
+    with_webhook = {name for name, service in stack.items() if "K2_ALERT_WEBHOOK_URL" in (service.get("environment") or {})}
+    assert with_webhook == {"code-location", "metrics"}
     assert "write=True" in " ".join(stack["hot-tier-init"]["command"])
 
     init = (ROOT / "docker" / "postgres-init.sh").read_text()

@@ -31,7 +31,7 @@ LAG_THRESHOLD_S = 20  # K2_ALERT_LAG for this test; the rule then holds for 1 mi
 
 def test_alert_rules_pass_promtool_checks_and_their_unit_tests() -> None:
     checked = subprocess.run([str(monitoring.PROMTOOL), "check", "rules", "alerts.yml"], cwd=RULES_DIR, capture_output=True, text=True)
-    assert checked.returncode == 0 and "SUCCESS: 7 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 8 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = subprocess.run([str(monitoring.PROMTOOL), "test", "rules", "alerts_test.yml"], cwd=RULES_DIR, capture_output=True, text=True)
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
@@ -54,7 +54,7 @@ def test_a_source_down_is_reported_and_the_others_still_served(lake: Lake) -> No
     broken = Settings.from_env({**lake.env, "K2_CLICKHOUSE_PORT": str(free_ports(1)[0]), "K2_CLICKHOUSE_URL": ""})
     families = _parse(_generate(metrics.registry(broken, dagster=False)))
     up = {s.labels["source"]: s.value for s in families["k2_source_up"].samples}
-    assert up == {"hot_tier": 0.0, "iceberg": 1.0, "postgres": 1.0, "processes": 1.0}
+    assert up == {"hot_tier": 0.0, "iceberg": 1.0, "postgres": 1.0, "processes": 1.0, "disk": 1.0}
     assert families["k2_postgres_event_log_bytes"].samples[0].value >= 0
     assert "k2_bronze_lag_seconds" not in families
 
@@ -92,7 +92,7 @@ def test_a_stalled_offload_fires_the_lag_alert_through_prometheus_and_alertmanag
         assert _query(prometheus, 'k2_check_passed{asset="bronze/trades_binance", check="exactly_once"}') == [1.0]
         assert _query(prometheus, 'k2_job_last_run_success') and _query(prometheus, "k2_process_resident_memory_bytes")
         rules = _get(f"{prometheus}/api/v1/rules")["data"]["groups"][0]["rules"]
-        assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
+        assert len(rules) == 8 and all(r["health"] == "ok" for r in rules), rules
 
         # The feed goes on while nothing offloads: the lag alert must reach the webhook.
         stalled_at = time.time()

@@ -2,17 +2,15 @@
 
 The Grafana dashboard may name only metrics the exporter serves (`k2_lakehouse.metrics.METRICS`) and query only
 the provisioned data source; Prometheus, Alertmanager and Grafana are wired to each other, to the exporter and to
-the files of this repository; the webhook URL reaches Alertmanager through a file, never through the repository.
+the files of this repository; Alertmanager posts to the exporter's relay and never holds the webhook URL.
 `dashboard_expressions()` lists the dashboard's queries for a test against a live Prometheus.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import stat
 import subprocess
 import threading
 import urllib.request
@@ -22,7 +20,7 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
-from k2_lakehouse.metrics import METRICS
+from k2_lakehouse.metrics import METRICS, RELAY_PATH
 from k2_lakehouse_tests.test_compose import COMPOSE_FILE, ROOT, docker_compose, env_file_values, render
 
 OPS = ROOT / "ops"
@@ -32,7 +30,6 @@ DATASOURCES = OPS / "grafana" / "provisioning" / "datasources" / "prometheus.yml
 DASHBOARD_PROVIDERS = OPS / "grafana" / "provisioning" / "dashboards" / "k2.yml"
 PROMETHEUS_CONFIG = OPS / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = OPS / "alertmanager" / "alertmanager.yml"
-ALERTMANAGER_NO_WEBHOOK = OPS / "alertmanager" / "no-webhook.yml"
 
 MONITORING = {"metrics": "9464", "prometheus": "9090", "alertmanager": "9093", "grafana": "3000"}  # container ports
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
@@ -248,69 +245,47 @@ def test_prometheus_scrapes_the_exporter_and_alerts_through_alertmanager(stack: 
 # ------------------------------------------------------------------------------------------- Alertmanager
 
 
-def test_alertmanager_groups_by_alert_name_and_delivers_resolved_alerts_too() -> None:
-    for path in (ALERTMANAGER_CONFIG, ALERTMANAGER_NO_WEBHOOK):
-        route = load_yaml(path)["route"]
-        assert (route["group_by"], route["group_wait"], route["repeat_interval"]) == (["alertname"], "30s", "4h"), path
+def test_alertmanager_posts_to_the_exporters_relay_and_delivers_resolved_alerts_too() -> None:
     config = load_yaml(ALERTMANAGER_CONFIG)
-    receivers = {r["name"]: r for r in config["receivers"]}
-    (webhook,) = receivers[config["route"]["receiver"]]["webhook_configs"]
-    assert webhook["send_resolved"] is True and "url" not in webhook and webhook["url_file"].startswith("/")
-    quiet = load_yaml(ALERTMANAGER_NO_WEBHOOK)
-    (null,) = quiet["receivers"]
-    assert null["name"] == quiet["route"]["receiver"] and set(null) == {"name"}  # delivers nowhere
+    route = config["route"]
+    assert (route["group_by"], route["group_wait"], route["repeat_interval"]) == (["alertname"], "30s", "4h")
+    (receiver,) = config["receivers"]
+    assert receiver["name"] == route["receiver"] and set(receiver) == {"name", "webhook_configs"}
+    (webhook,) = receiver["webhook_configs"]
+    # The relay of `k2 metrics serve` (service metrics), which alone holds K2_ALERT_WEBHOOK_URL.
+    assert webhook["url"] == f"http://metrics:{MONITORING['metrics']}{RELAY_PATH}" and "url_file" not in webhook
+    assert webhook["send_resolved"] is True
+    assert sorted(p.name for p in ALERTMANAGER_CONFIG.parent.iterdir()) == [ALERTMANAGER_CONFIG.name]
 
 
-def test_the_alertmanager_configs_pass_amtool(tmp_path: Path) -> None:
+def test_the_alertmanager_config_passes_amtool() -> None:
     amtool = shutil.which("amtool")
     if amtool is None:
         pytest.skip("amtool is not installed (Debian package prometheus-alertmanager)")
-    for path in (ALERTMANAGER_CONFIG, ALERTMANAGER_NO_WEBHOOK):
-        done = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True, timeout=60)
-        if done.returncode != 0 and "field url_file not found" in done.stdout + done.stderr:
-            # amtool < 0.26 (Debian 12 has 0.25) predates the webhook's url_file, which the pinned image
-            # (0.28) reads: check everything else with the same receiver given a literal url.
-            copy = tmp_path / path.name
-            copy.write_text(re.sub(r"url_file: \S+", "url: http://webhook.invalid/", path.read_text()))
-            done = subprocess.run([amtool, "check-config", str(copy)], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, f"{path}: {done.stdout}{done.stderr}"
+    done = subprocess.run([amtool, "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_webhook_url_reaches_alertmanager_only_through_its_file(tmp_path: Path) -> None:
+def test_the_webhook_url_reaches_the_exporter_and_the_code_location_never_alertmanager(tmp_path: Path) -> None:
     url = "https://hooks.example.invalid/services/T0KEN-sentinel"
     env_file = tmp_path / "webhook.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in {**env_file_values(), "K2_ALERT_WEBHOOK_URL": url}.items()))
     services = render(env_file)["services"]
-    # Alertmanager, and the code location, whose sensors post Dagster's own alerts (k2_lakehouse/defs/alerts.py).
+    # The exporter (its relay forwards Alertmanager's notifications) and the code location, whose sensors post
+    # Dagster's own alerts (k2_lakehouse/defs/alerts.py).
     with_url = sorted(name for name, service in services.items() if url in yaml.safe_dump(service))
-    assert with_url == ["alertmanager", "code-location"]
+    assert with_url == ["code-location", "metrics"]
+    assert services["metrics"]["environment"]["K2_ALERT_WEBHOOK_URL"] == url
     alertmanager = services["alertmanager"]
-    assert alertmanager["environment"]["K2_ALERT_WEBHOOK_URL"] == url
-    assert url not in " ".join(alertmanager["command"]) and url not in COMPOSE_FILE.read_text()
+    assert "K2_ALERT_WEBHOOK_URL" not in (alertmanager.get("environment") or {})
+    assert url not in COMPOSE_FILE.read_text()
 
-    # The configs are mounted where the entrypoint looks for them; the URL file lives on the service's tmpfs.
-    url_file = PurePosixPath(load_yaml(ALERTMANAGER_CONFIG)["receivers"][0]["webhook_configs"][0]["url_file"])
-    assert str(url_file.parent) in alertmanager["tmpfs"]
-    config_dir = next(target for target, (source, ro) in mounts(alertmanager).items()
-                      if source == str(ALERTMANAGER_CONFIG.parent) and ro)
-
-    # Run the entrypoint here, with the tmpfs in tmp_path and `echo` for alertmanager: which config, which file.
-    (script,) = alertmanager["command"]
-    assert alertmanager["entrypoint"] == ["/bin/sh", "-c"]
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    local = script.replace("$$", "$").replace(str(url_file.parent), str(run_dir)).replace("exec /bin/alertmanager", "exec echo")
-    for value, config in ((url, ALERTMANAGER_CONFIG), ("", ALERTMANAGER_NO_WEBHOOK)):
-        (run_dir / url_file.name).unlink(missing_ok=True)
-        env = {"PATH": os.environ["PATH"], "K2_ALERT_WEBHOOK_URL": value}
-        done = subprocess.run(["/bin/sh", "-c", local], env=env, capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, done.stderr
-        assert f"--config.file={PurePosixPath(config_dir) / config.name}" in done.stdout.split()
-        written = run_dir / url_file.name
-        if value:
-            assert written.read_text().strip() == url and stat.S_IMODE(written.stat().st_mode) == 0o600
-        else:
-            assert not written.exists()
+    # The image's own entrypoint (/bin/alertmanager) on the repository's config, mounted read-only.
+    assert "entrypoint" not in alertmanager and "tmpfs" not in alertmanager
+    command = alertmanager["command"]
+    config_file = PurePosixPath(next(a for a in command if a.startswith("--config.file=")).split("=", 1)[1])
+    assert all(a.startswith("--") for a in command) and config_file.name == ALERTMANAGER_CONFIG.name
+    assert mounts(alertmanager)[str(config_file.parent)] == (str(ALERTMANAGER_CONFIG.parent), True)
 
 
 # ------------------------------------------------------------------------------------------- compose
@@ -335,9 +310,10 @@ def test_the_exporter_runs_the_k2_image_with_the_readers_settings(stack: dict[st
     assert metrics["image"] == daemon["image"]
     env = metrics["environment"]
     settings = {k: v for k, v in stack["code-location"]["environment"].items()
-                if k not in ("K2_CLICKHOUSE_WRITER_URL", "SPARK_LOCAL_HOSTNAME", "K2_ALERT_WEBHOOK_URL")}
-    assert {k: env.get(k) for k in settings} == settings  # the daemon's instance and every source it reads
-    assert "K2_CLICKHOUSE_WRITER_URL" not in env and "K2_ALERT_WEBHOOK_URL" not in env  # it only reads
+                if k not in ("K2_CLICKHOUSE_WRITER_URL", "SPARK_LOCAL_HOSTNAME")}
+    # The daemon's instance, every source it reads, and the webhook its relay forwards Alertmanager's alerts to.
+    assert {k: env.get(k) for k in settings} == settings and "K2_ALERT_WEBHOOK_URL" in settings
+    assert "K2_CLICKHOUSE_WRITER_URL" not in env  # it only reads
     assert {"K2_ALERT_LAG", "K2_ALERT_STALE", "K2_ALERT_MAINTENANCE"} <= set(env)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from k2_lakehouse.core import hot_tier, iceberg
@@ -143,3 +144,21 @@ def postgres_sizes(settings: Settings) -> PostgresSizes:
         finally:
             conn.close()
     return PostgresSizes(event_log_bytes=event_log[0], event_log_rows=event_log[1], database_bytes=databases)
+
+
+def disk_usage(settings: Settings) -> dict[str, tuple[int, int]]:
+    """(free, size) bytes of the filesystems holding K2_HOME (service data, Dagster) and a file:// warehouse:
+    a full disk stops ClickHouse, PostgreSQL and every commit at once."""
+    import shutil
+    from urllib.parse import urlsplit as split
+
+    paths = {"home": settings.home}
+    if settings.warehouse.startswith("file://"):
+        paths["warehouse"] = Path(unquote(split(settings.warehouse).path))
+    usage = {}
+    for name, path in paths.items():
+        while not path.exists() and path != path.parent:  # not created yet: its filesystem is the parent's
+            path = path.parent
+        total, _, free = shutil.disk_usage(path)
+        usage[name] = (free, total)
+    return usage
