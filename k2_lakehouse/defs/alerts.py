@@ -9,6 +9,7 @@ import os
 import warnings
 
 from dagster import (
+    AssetCheckSeverity,
     DagsterError,
     DagsterEventType,
     DagsterInstance,
@@ -116,7 +117,7 @@ def _messages(error) -> str:
 
 @sensor(
     name=CHECK_FAILURE_SENSOR,
-    description="Posts every asset check evaluation that did not pass to K2_ALERT_WEBHOOK_URL (asset, check, "
+    description="Posts every ERROR-severity asset check evaluation that did not pass to K2_ALERT_WEBHOOK_URL (asset, check, "
     "partition, severity, numbers, run link), once; the cursor moves only past what was delivered.",
     minimum_interval_seconds=ALERT_INTERVAL_S,
     default_status=DefaultSensorStatus.RUNNING,
@@ -134,7 +135,9 @@ def check_failure_alert_sensor(context: SensorEvaluationContext):
     posted = 0
     for record in _check_events(instance, after):
         evaluation = record.event_log_entry.dagster_event.event_specific_data
-        if not evaluation.passed:
+        # ERROR checks only: a WARN check (the freshness checks) fails on every fresh start ("never materialized")
+        # and tells of staleness, which K2NoRecentMaterialization pages for; WARN failures stay in the UI and metrics.
+        if not evaluation.passed and evaluation.severity == AssetCheckSeverity.ERROR:
             try:
                 _send(url, _check_message(evaluation, record))
             except AlertDeliveryError as exc:
