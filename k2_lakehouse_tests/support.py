@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,3 +194,14 @@ def _address(hex_address: str) -> tuple:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return address, int(port, 16)
+
+
+def wait_until(condition, seconds: float, context=lambda: "", every: float = 1.0):
+    """`condition()`'s first truthy value within `seconds`; else fail, showing `context()` (a log's tail)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"not within {seconds:.0f} s:\n{context()}")

@@ -18,7 +18,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.contracts import BINANCE
 from k2_lakehouse.soak import WebhookReceiver
-from k2_lakehouse_tests.support import Lake, insert_binance
+from k2_lakehouse_tests.support import Lake, insert_binance, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -33,10 +33,13 @@ def test_a_running_daemon_posts_a_failed_check_and_its_failed_run_once(lake: Lak
                               cwd=PROJECT, env=env, stdout=open(tmp_path / "daemon.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     key = AssetKey(BINANCE.asset_path)
+
+    def log() -> str:
+        return (tmp_path / "daemon.log").read_text()[-4000:]
     try:
         with DagsterInstance.get() as instance:
-            _wait(lambda: instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[day.isoformat()]),
-                                                          limit=1).records, 300, tmp_path / "daemon.log")
+            wait_until(lambda: instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[day.isoformat()]),
+                                                               limit=1).records, 300, log, every=2)
             # Behind the offload's back: three rows of bronze appended again. The next offload's check must fail.
             table = iceberg.bronze_table(iceberg.catalog(lake.settings), BINANCE)
             table.append(table.scan(limit=3).to_arrow().cast(table.schema().as_arrow()))
@@ -45,7 +48,7 @@ def test_a_running_daemon_posts_a_failed_check_and_its_failed_run_once(lake: Lak
             def posted() -> list[dict]:
                 return [b for b in receiver.bodies if b.get("kind") in ("check_failure", "run_failure")]
 
-            _wait(lambda: {"check_failure", "run_failure"} <= {b["kind"] for b in posted()}, 300, tmp_path / "daemon.log")
+            wait_until(lambda: {"check_failure", "run_failure"} <= {b["kind"] for b in posted()}, 300, log, every=2)
             time.sleep(45)  # three more ticks of each alert sensor: nothing is posted twice
         alerts = posted()
         checks = [b for b in alerts if b["kind"] == "check_failure"]
@@ -65,13 +68,3 @@ def test_a_running_daemon_posts_a_failed_check_and_its_failed_run_once(lake: Lak
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait()
         receiver.close()
-
-
-def _wait(condition, seconds: float, log: Path):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(2)
-    raise AssertionError(f"not within {seconds:.0f} s; the daemon's log ends:\n{log.read_text()[-4000:]}")

@@ -22,7 +22,7 @@ from k2_lakehouse.soak import WebhookReceiver
 from k2_lakehouse.core import feed, monitoring
 from k2_lakehouse.core.contracts import TABLES
 from k2_lakehouse.core.settings import Settings
-from k2_lakehouse_tests.support import Lake, free_ports
+from k2_lakehouse_tests.support import Lake, free_ports, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 RULES_DIR = PROJECT / "ops" / "prometheus"
@@ -82,7 +82,7 @@ def test_a_stalled_offload_fires_the_lag_alert_through_prometheus_and_alertmanag
     prometheus = f"http://127.0.0.1:{m.prometheus_port}"
     try:
         # Prometheus scrapes the exporter, and every source answers.
-        up = _wait(lambda: _query(prometheus, "min(k2_source_up)") == [1.0] and _query(prometheus, 'up{job="k2"}') == [1.0], 120,
+        up = wait_until(lambda: _query(prometheus, "min(k2_source_up)") == [1.0] and _query(prometheus, 'up{job="k2"}') == [1.0], 120,
                    lambda: (tmp_path / "metrics.log").read_text()[-3000:])
         assert up
         assert _query(prometheus, "sum(k2_bronze_lag_rows)") == [0.0]
@@ -97,7 +97,7 @@ def test_a_stalled_offload_fires_the_lag_alert_through_prometheus_and_alertmanag
         # The feed goes on while nothing offloads: the lag alert must reach the webhook.
         stalled_at = time.time()
         feed.seed(lake.settings, day, 500, seed=4, progress=False)
-        fired = _wait(lambda: receiver.alerts("K2ColdTierBehind"), 240, lambda: (tmp_path / "alertmanager.log").read_text()[-3000:])
+        fired = wait_until(lambda: receiver.alerts("K2ColdTierBehind"), 240, lambda: (tmp_path / "alertmanager.log").read_text()[-3000:])
         delivered_after = time.time() - stalled_at
         fired = fired[0]
         assert fired["status"] == "firing" and fired["labels"]["table"].startswith("bronze_trades_")
@@ -143,13 +143,3 @@ def _query(prometheus: str, expr: str) -> list[float]:
     except OSError:
         return []
     return sorted(float(r["value"][1]) for r in data["data"]["result"])
-
-
-def _wait(condition, seconds: float, context=lambda: ""):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(1)
-    raise AssertionError(f"not within {seconds:.0f} s:\n{context()}")
