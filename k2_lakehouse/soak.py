@@ -131,7 +131,8 @@ def run(settings: Settings, options: SoakOptions, *, log: Log = print) -> int:
         if receiver:
             receiver.close()
     records = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
-    alerts = receiver.bodies if receiver else None
+    # Until the soak began to stop the system: a run its own shutdown interrupts is posted as a failed run.
+    alerts = [b for b in receiver.bodies if b["received_at"] <= ended] if receiver else None
     if alerts is not None:
         (options.report_dir / "alerts.jsonl").write_text("".join(json.dumps(b) + "\n" for b in alerts))
     write_report(options, records, maintenance, verification, dagster, started=started, ended=ended, alerts=alerts)

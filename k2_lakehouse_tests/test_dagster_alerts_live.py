@@ -49,7 +49,7 @@ def test_a_running_daemon_posts_a_failed_check_and_its_failed_run_once(lake: Lak
                 return [b for b in receiver.bodies if b.get("kind") in ("check_failure", "run_failure")]
 
             wait_until(lambda: {"check_failure", "run_failure"} <= {b["kind"] for b in posted()}, 300, log, every=2)
-            time.sleep(45)  # three more ticks of each alert sensor: nothing is posted twice
+            time.sleep(35)  # two more ticks of each alert sensor: nothing is posted twice
         alerts = posted()
         checks = [b for b in alerts if b["kind"] == "check_failure"]
         runs = [b for b in alerts if b["kind"] == "run_failure"]

@@ -24,7 +24,7 @@ def test_a_five_minute_soak_ends_exact_and_writes_its_report(lake: Lake, tmp_pat
     ui, metrics, prometheus, alertmanager = free_ports(4)
     done = subprocess.run(
         [sys.executable, "-m", "k2_lakehouse.cli", "soak", "--for", "5m", "--interval", "15s", "--rate", "50",
-         "--history-days", "0", "--catch-up", "5m", "--maintain-every", "2m", "--maintain-older-than", "1m",
+         "--history-days", "0", "--catch-up", "5m", "--maintain-every", "3m", "--maintain-older-than", "1m",
          "--port", str(ui), "--report", str(report), f"--live-arg=--metrics-port={metrics}",
          f"--live-arg=--prometheus-port={prometheus}", f"--live-arg=--alertmanager-port={alertmanager}"],
         cwd=PROJECT, capture_output=True, text=True, timeout=1200,
