@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,7 +60,7 @@ class Thresholds:
 
 
 METRICS: dict[str, str] = {
-    "k2_source_up": "1 if the last scrape could read the source (hot_tier, iceberg, postgres, dagster, processes), else 0",
+    "k2_source_up": "1 if the last reading could read the source (hot_tier, iceberg, postgres, processes, disk, dagster), else 0",
     "k2_scrape_duration_seconds": "time the last reading of every source took",
     "k2_reading_age_seconds": "seconds since the sources were last read (every K2_METRICS_REFRESH)",
     "k2_alert_threshold_seconds": "threshold of an alert rule, from the environment (K2_ALERT_*)",
@@ -361,11 +362,14 @@ def serve(settings: Settings, port: int = DEFAULT_PORT, *, host: str = "127.0.0.
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     reader = collector.start(stop)
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (`k2 live` stopping) ends it like Ctrl-C
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log.info("metrics on http://%s:%d/metrics, sources read every %g s", host, port, refresh_s)
     try:
-        stop.wait()
+        while not stop.wait(1.0):  # a timed wait: signals are handled between waits
+            pass
     finally:
         stop.set()
         server.shutdown()
         thread.join(timeout=5)
-        reader.join(timeout=30)
+        reader.join(timeout=5)  # a reading in progress may take longer; the thread is a daemon and dies with us
