@@ -214,7 +214,7 @@ def run(settings: Settings, options: LiveOptions, *, log: Log = print) -> int:
                     raise ServiceError(f"processes {left} of the live system survived SIGKILL")
                 for p in children.values():
                     p.wait(timeout=_KILL_WAIT_S)  # reap our own children (already dead)
-                log("live: feed, webserver and daemon stopped; no process of theirs is left")
+                log(f"live: {', '.join(children)} stopped; no process of theirs is left")
             _remove_record(settings, token)
             if started_services and not options.keep_services:
                 log("live: stopping the services this command started")
