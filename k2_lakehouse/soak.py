@@ -151,14 +151,16 @@ def sample(settings: Settings, *, phase: str) -> dict:
         layer = layers.setdefault(t.layer, {"data_files": 0, "snapshots": 0, "metadata_bytes": 0, "rows": 0, "bytes": 0})
         for name in layer:
             layer[name] += getattr(t, name)
+    tables_behind = {x.table for x in lags}
+    newest = max((x.day for x in lags), default=None)
     return {
         "t": now, "phase": phase,
-        "lag_s": {table: max((x.seconds_behind for x in lags if x.table == table), default=0.0) for table in {x.table for x in lags}},
+        "lag_s": {table: max(x.seconds_behind for x in lags if x.table == table) for table in tables_behind},
         # The newest day apart from older ones: late trades for an older day wait up to 5 minutes behind the
         # newest by design (core/sensing.py), so the worst of all days mostly measures that wait.
-        "lag_newest_s": max((x.seconds_behind for x in lags if x.day == max(y.day for y in lags)), default=0.0),
-        "lag_older_s": max((x.seconds_behind for x in lags if x.day != max(y.day for y in lags)), default=0.0),
-        "rows_behind": {table: sum(x.rows_behind for x in lags if x.table == table) for table in {x.table for x in lags}},
+        "lag_newest_s": max((x.seconds_behind for x in lags if x.day == newest), default=0.0),
+        "lag_older_s": max((x.seconds_behind for x in lags if x.day != newest), default=0.0),
+        "rows_behind": {table: sum(x.rows_behind for x in lags if x.table == table) for table in tables_behind},
         "hot_rows": sum(sum(o + 1 for o in x.high.values()) for x in lags),
         "rss": live.process_rss(settings),
         "disk_free": {path: free for path, (free, _) in observe.disk_usage(settings).items()},

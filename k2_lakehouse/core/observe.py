@@ -33,10 +33,6 @@ class DayLag:
     rows_behind: int  # hot rows above the watermark
     seconds_behind: float  # age of the oldest of them (0 when none)
 
-    @property
-    def offsets_behind(self) -> int:
-        return sum(r.stop - r.start for r in missing_ranges(self.watermark, self.high))
-
 
 def bronze_lag(settings: Settings, *, now: float | None = None, first_day: dt.date | None = None) -> list[DayLag]:
     """Every (hot table, day) the hot tier holds from `first_day` (default K2_FIRST_DAY) on, with how far bronze
