@@ -310,13 +310,19 @@ def app(settings: Settings, reg: CollectorRegistry, webhook_url: str | None):
 
     Alertmanager never sees the webhook URL (it may carry a token): Debian's 0.25 prints a webhook URL in its
     log when a post fails and serves its whole configuration on /api/v2/status. It posts to this relay, which
-    forwards the body and answers 502 when the webhook does not take it, so Alertmanager retries.
+    forwards Alertmanager's notifications only (redacted like every alert) and answers 502 when the webhook does
+    not take one, so Alertmanager retries.
     """
     from prometheus_client import make_wsgi_app
 
     from k2_lakehouse.core import alerting
 
     metrics_app = make_wsgi_app(reg)
+    secrets = alerting.secrets_of(settings, webhook_url or "")
+
+    def answer(start_response, status: str, text: str) -> list[bytes]:
+        start_response(status, [("Content-Type", "text/plain")])
+        return [text.encode()]
 
     def dispatch(environ, start_response):
         if environ.get("PATH_INFO") != RELAY_PATH:
@@ -324,18 +330,22 @@ def app(settings: Settings, reg: CollectorRegistry, webhook_url: str | None):
         if environ.get("REQUEST_METHOD") != "POST":
             start_response("405 Method Not Allowed", [("Allow", "POST")])
             return [b""]
-        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit() or int(length) > alerting.MAX_NOTIFICATION_BYTES:
+            return answer(start_response, "413 Content Too Large", "at most 1 MiB\n")
+        try:  # 4xx: Alertmanager does not retry what can never be delivered
+            payload = alerting.alertmanager_notification(environ["wsgi.input"].read(int(length)))
+        except ValueError as exc:
+            log.warning("refused to relay a POST: %s", exc)
+            return answer(start_response, "400 Bad Request", f"{exc}\n")
         try:
-            payload = json.loads(body or b"{}")
             if not webhook_url:
                 raise alerting.AlertDeliveryError(f"{alerting.WEBHOOK_VARIABLE} is not set")
-            alerting.post_json(webhook_url, payload)
-        except (ValueError, alerting.AlertDeliveryError) as exc:  # the texts never hold the URL
+            alerting.send(webhook_url, payload, secrets)
+        except alerting.AlertDeliveryError as exc:  # its text never holds the URL
             log.warning("relaying an Alertmanager notification failed: %s", exc)
-            start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
-            return [str(exc).encode()]
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"relayed\n"]
+            return answer(start_response, "502 Bad Gateway", f"{exc}\n")
+        return answer(start_response, "200 OK", "relayed\n")
 
     return dispatch
 

@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from k2_lakehouse import metrics, runner
 from k2_lakehouse.soak import WebhookReceiver
-from k2_lakehouse.core import feed, monitoring
+from k2_lakehouse.core import alerting, feed, monitoring
 from k2_lakehouse.core.contracts import TABLES
 from k2_lakehouse.core.settings import Settings
 from k2_lakehouse_tests.support import Lake, free_ports, wait_until
@@ -57,6 +59,51 @@ def test_a_source_down_is_reported_and_the_others_still_served(lake: Lake) -> No
     assert up == {"hot_tier": 0.0, "iceberg": 1.0, "postgres": 1.0, "processes": 1.0, "disk": 1.0}
     assert families["k2_postgres_event_log_bytes"].samples[0].value >= 0
     assert "k2_bronze_lag_seconds" not in families
+
+
+def test_the_relay_forwards_alertmanager_notifications_only_and_redacted() -> None:
+    """The relay listens where other programs reach it: it must not carry whatever they post to the webhook."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import CollectorRegistry
+
+    receiver = WebhookReceiver()
+    settings = Settings.from_env({"K2_POSTGRES_URL": "postgresql://k2:pg-S3cret-pw@127.0.0.1:5432/dagster"})
+    relays = []
+    for webhook in (receiver.url, f"http://127.0.0.1:{free_ports(1)[0]}/down"):  # the second: nothing listens
+        server = make_server("127.0.0.1", 0, metrics.app(settings, CollectorRegistry(), webhook),
+                             handler_class=type("Quiet", (WSGIRequestHandler,), {"log_message": lambda *a: None}))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        relays.append(server)
+    relay, relay_to_nothing = (f"http://127.0.0.1:{s.server_port}{metrics.RELAY_PATH}" for s in relays)
+    notification = {"version": "4", "status": "firing", "alerts": [
+        {"status": "firing", "labels": {"alertname": "K2ColdTierBehind", "table": "bronze_trades_kraken"},
+         "annotations": {"description": "ClickHouse at clickhouse://k2:pg-S3cret-pw@127.0.0.1 is behind"}}]}
+    try:
+        assert _post(relay, json.dumps(notification).encode()) == 200
+        [relayed] = receiver.bodies
+        assert relayed["alerts"][0]["labels"]["alertname"] == "K2ColdTierBehind"
+        assert "pg-S3cret-pw" not in json.dumps(relayed) and "***" in relayed["alerts"][0]["annotations"]["description"]
+
+        refused = [
+            json.dumps({"text": "anything at all"}).encode(),  # a chat message, not an alert
+            json.dumps({"version": "4", "alerts": []}).encode(),
+            json.dumps({"version": "4", "alerts": [{"labels": {}}]}).encode(),
+            b"not json",
+        ]
+        assert [_post(relay, body) for body in refused] == [400] * len(refused)
+        assert _post(relay, b"{" + b" " * alerting.MAX_NOTIFICATION_BYTES + b"}") == 413
+        with pytest.raises(urllib.error.HTTPError) as get:
+            urllib.request.urlopen(relay, timeout=10)
+        assert get.value.code == 405
+        assert len(receiver.bodies) == 1  # none of those reached the webhook
+
+        assert _post(relay_to_nothing, json.dumps(notification).encode()) == 502  # Alertmanager retries a 5xx
+    finally:
+        for server in relays:
+            server.shutdown()
+            server.server_close()
+        receiver.close()
 
 
 @pytest.mark.slow
@@ -130,6 +177,15 @@ def _generate(registry) -> str:
 
 def _parse(text: str) -> dict:
     return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _post(url: str, body: bytes) -> int:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _get(url: str) -> dict:

@@ -174,6 +174,29 @@ def _reason(reason: object, url: str) -> str:
     return f"{type(reason).__name__}: {redact_text(text, webhook_secrets(url))}"
 
 
+MAX_NOTIFICATION_BYTES = 1 << 20  # Alertmanager's notifications are a few KiB; a bigger body is not one
+
+
+def alertmanager_notification(body: bytes) -> dict:
+    """`body` as Alertmanager's webhook notification (version 4), or ValueError saying why it is not one.
+
+    The exporter's relay forwards only these: it listens where other programs can reach it, and must not
+    carry whatever they post to the webhook.
+    """
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(payload, dict) or payload.get("version") != "4":
+        raise ValueError("not an Alertmanager webhook notification (version 4)")
+    alerts = payload.get("alerts")
+    if not isinstance(alerts, list) or not alerts or not all(
+        isinstance(a, dict) and isinstance(a.get("labels"), dict) and a["labels"].get("alertname") for a in alerts
+    ):
+        raise ValueError("an Alertmanager notification carries alerts, each with an alertname label")
+    return payload
+
+
 def send(url: str, message: Mapping, secrets: Iterable[str]) -> dict:
     """Redact and cut `message`, then post it; returns what was sent."""
     sent = finalize(message, secrets)
