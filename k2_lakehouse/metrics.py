@@ -13,7 +13,6 @@ The metric names are the contract of `ops/prometheus/alerts.yml` and `ops/grafan
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
