@@ -96,6 +96,7 @@ def run(settings: Settings, options: SoakOptions, *, log: Log = print) -> int:
                                 env={**os.environ, **settings.exports(), "PYTHONUNBUFFERED": "1",
                                      **({"K2_ALERT_WEBHOOK_URL": receiver.url} if receiver else {})})
     maintenance: list[dict] = []
+    maintainer: threading.Thread | None = None
     verification: dict = {"ran": False}
     try:
         _wait_for_ui(proc, options.port, live_log)
@@ -114,12 +115,17 @@ def run(settings: Settings, options: SoakOptions, *, log: Log = print) -> int:
                     break
                 samples.write(json.dumps(now) + "\n")
                 samples.flush()
-                if next_maintenance is not None and time.time() >= next_maintenance:
-                    maintenance.append(_maintain(settings, options.maintain_older_than, log))
+                if next_maintenance is not None and time.time() >= next_maintenance and not _busy(maintainer):
+                    # In the background, as an operator's cron runs it: the samples show what it does to the lag.
+                    maintainer = threading.Thread(
+                        target=lambda: maintenance.append(_maintain(settings, options.maintain_older_than, log)), daemon=True)
+                    maintainer.start()
                     next_maintenance += options.maintain_every_s
                 time.sleep(max(0.0, options.interval_s - (time.time() - taken)))  # a sample every interval
             log("soak: the feed stopped; waiting for every layer to catch up")
             verification = _catch_up(settings, options, proc, live_log, samples, log)
+            if maintainer is not None:
+                maintainer.join()  # its outcome belongs in the report
     finally:
         ended = time.time()
         try:  # while the live system's PostgreSQL still runs
@@ -184,6 +190,10 @@ def _wait_for_ui(proc: subprocess.Popen, port: int, live_log: Path, timeout: flo
 def _check_alive(proc: subprocess.Popen, live_log: Path) -> None:
     if proc.poll() is not None:
         raise RuntimeError(f"k2 live exited early (code {proc.returncode}); see {live_log}")
+
+
+def _busy(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
 
 
 def _maintain(settings: Settings, older_than: str, log: Log) -> dict:
@@ -293,7 +303,7 @@ def write_report(options: SoakOptions, records: list[dict], maintenance: list[di
     def layer_total(r: dict, name: str) -> int:
         return sum(layer[name] for layer in r["layers"].values())
 
-    _plots(options.report_dir, records, processes)
+    _plots(options.report_dir, records, processes, maintenance)
     stamp = dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# Soak report: {stamp}",
@@ -407,7 +417,7 @@ def _count(n: float) -> str:
     return f"{n:,.0f}"
 
 
-def _plots(directory: Path, records: list[dict], processes: list[str]) -> None:
+def _plots(directory: Path, records: list[dict], processes: list[str], maintenance: list[dict]) -> None:
     from matplotlib.figure import Figure
 
     if not records:
@@ -423,6 +433,9 @@ def _plots(directory: Path, records: list[dict], processes: list[str]) -> None:
     ax = fig.add_subplot()
     for table in sorted({t for r in records for t in r["lag_s"]}):
         ax.plot(minutes, [r["lag_s"].get(table, 0.0) for r in records], label=table)
+    for i, m in enumerate(maintenance):  # what `k2 maintain` costs the offload, where it ran
+        ax.axvspan((m["t"] - t0) / 60, (m["t"] + m["duration_s"] - t0) / 60, color="tab:gray", alpha=0.2,
+                   label="k2 maintain" if i == 0 else None)
     ax.set(xlabel="minutes", ylabel="seconds behind", title="bronze lag: age of the oldest row not yet in bronze")
     ax.legend(loc="upper right", fontsize="small")
     save(fig, "lag.png")

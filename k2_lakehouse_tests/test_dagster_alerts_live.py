@@ -1,6 +1,7 @@
 """Dagster's own alerts from a running `dagster-daemon`: the hot-tier sensor offloads a day, bronze is then
 corrupted behind the offload's back, the next sensor-launched run fails its exactly-once check, and the alert
-sensors post that check failure and that run failure to a webhook here, each once."""
+sensors post that check failure and that run failure to a webhook here, each once; so is the failure of a
+`k2 run` of the day, in process."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
+from k2_lakehouse import runner
 from k2_lakehouse.core import iceberg
 from k2_lakehouse.core.contracts import BINANCE
 from k2_lakehouse.soak import WebhookReceiver
@@ -49,6 +51,13 @@ def test_a_running_daemon_posts_a_failed_check_and_its_failed_run_once(lake: Lak
                 return [b for b in receiver.bodies if b.get("kind") in ("check_failure", "run_failure")]
 
             wait_until(lambda: {"check_failure", "run_failure"} <= {b["kind"] for b in posted()}, 300, log, every=2)
+            # An operator's `k2 run` of the day, in this process (no code location): it fails the same check,
+            # and its failure is posted too.
+            before = {r.run_id for r in instance.get_runs()}
+            assert not all(row.success for row in runner.run("/".join(BINANCE.asset_path), [day.isoformat()], instance))
+            (by_hand,) = [r for r in instance.get_runs() if r.run_id not in before and r.remote_job_origin is None]
+            wait_until(lambda: any(b["kind"] == "run_failure" and b["run_id"] == by_hand.run_id for b in posted()),
+                       120, log, every=2)
             time.sleep(35)  # two more ticks of each alert sensor: nothing is posted twice
         alerts = posted()
         checks = [b for b in alerts if b["kind"] == "check_failure"]

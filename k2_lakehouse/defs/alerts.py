@@ -53,9 +53,12 @@ def _send(url: str, message: dict) -> None:
 
 @run_failure_sensor(
     name=RUN_FAILURE_SENSOR,
-    description="Posts every failed run of this code location to K2_ALERT_WEBHOOK_URL (job, partition, assets, "
+    description="Posts every failed run of this instance to K2_ALERT_WEBHOOK_URL (job, partition, assets, "
     "error, link), once; a post that fails fails the tick and is retried on the next.",
     minimum_interval_seconds=ALERT_INTERVAL_S,
+    # Every run of the instance, not only this code location's: `k2 run` materializes in process, and
+    # its runs have no code location to match.
+    monitor_all_code_locations=True,
     default_status=DefaultSensorStatus.RUNNING,
 )
 def run_failure_alert_sensor(context: RunFailureSensorContext):
